@@ -1,0 +1,844 @@
+//! Request bodies to events: postbox's native envelope, CloudEvents 1.0 structured, binary and
+//! batch modes (CloudEvents HTTP protocol binding, <https://github.com/cloudevents/spec>).
+//!
+//! Parsing only checks the envelope; the `data` is checked against its JSON Schema afterwards.
+//! Every error carries a JSON pointer into the request body, so batch errors name their index.
+
+use axum::http::HeaderMap;
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+use crate::error::FieldError;
+
+/// Longest accepted `id`.
+pub const MAX_ID_LEN: usize = 128;
+/// Longest accepted `type`.
+pub const MAX_TYPE_LEN: usize = 128;
+/// Longest accepted `source`.
+pub const MAX_SOURCE_LEN: usize = 256;
+/// Longest accepted `subject` or ordering `key`.
+pub const MAX_TEXT_LEN: usize = 256;
+/// Source recorded for native events that do not name one.
+pub const DEFAULT_SOURCE: &str = "postbox";
+
+/// CloudEvents context attributes that are not extensions.
+const CE_CORE: &[&str] = &[
+    "specversion",
+    "id",
+    "source",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+    "data",
+    "data_base64",
+];
+
+/// How the request body is to be read, decided from the headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `application/json`: native envelope, a CloudEvent, or an array of either.
+    Json,
+    /// `application/cloudevents+json`.
+    Structured,
+    /// `application/cloudevents-batch+json`.
+    Batch,
+    /// `ce-specversion` header present: the body is the event's `data`.
+    Binary,
+}
+
+/// Why a body could not even be read as events.
+#[derive(Debug)]
+pub enum ParseError {
+    /// Content type not one postbox reads (415).
+    UnsupportedMediaType(String),
+    /// Malformed JSON or envelope (400); every problem found.
+    Invalid(Vec<FieldError>),
+    /// More events than allowed in one batch (413).
+    TooManyEvents {
+        /// Events in the request.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// An event whose envelope is valid; `data` still has to pass its schema.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Event id (client's, or a UUIDv7).
+    pub id: String,
+    /// Whether the client chose the id (only then is `(source, id)` an idempotency key).
+    pub id_supplied: bool,
+    /// CloudEvents `source`.
+    pub source: String,
+    /// Type without version suffix: what schemas and routing keys use.
+    pub event_type: String,
+    /// Schema version, e.g. `v1`.
+    pub version: String,
+    /// Optional subject.
+    pub subject: Option<String>,
+    /// Optional ordering key.
+    pub key: Option<String>,
+    /// Event time (client's, or acceptance time).
+    pub time: OffsetDateTime,
+    /// The CloudEvent to publish, attributes and `data`, exactly as it will be sent.
+    pub cloudevent: Map<String, Value>,
+    /// SHA-256 of what the client sent, to tell a replay from a reused key.
+    pub content_hash: [u8; 32],
+    /// JSON pointer of this event in the request body ("" or "/3").
+    pub pointer: String,
+}
+
+impl Event {
+    /// The `data` to validate.
+    pub fn data(&self) -> &Value {
+        self.cloudevent.get("data").unwrap_or(&Value::Null)
+    }
+
+    /// The CloudEvents `type` as sent (may carry a `.vN` suffix).
+    pub fn ce_type(&self) -> &str {
+        self.cloudevent
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.event_type)
+    }
+}
+
+/// What the parser needs besides the body.
+pub struct ParseContext<'a> {
+    /// Base URL used for `dataschema` of native events.
+    pub public_url: &'a str,
+    /// Batch size limit.
+    pub max_batch_events: usize,
+}
+
+/// Decide the mode from `Content-Type` and `ce-specversion`.
+pub fn mode(headers: &HeaderMap) -> Result<Mode, ParseError> {
+    let ct = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if headers.contains_key("ce-specversion") {
+        return if is_json(&essence) {
+            Ok(Mode::Binary)
+        } else {
+            Err(ParseError::UnsupportedMediaType(format!(
+                "binary-mode CloudEvents must carry JSON data (content-type application/json), got `{ct}`"
+            )))
+        };
+    }
+    match essence.as_str() {
+        "application/cloudevents+json" => Ok(Mode::Structured),
+        "application/cloudevents-batch+json" => Ok(Mode::Batch),
+        e if is_json(e) => Ok(Mode::Json),
+        "" => Err(ParseError::UnsupportedMediaType(
+            "missing Content-Type; send application/json, application/cloudevents+json or application/cloudevents-batch+json".into(),
+        )),
+        _ => Err(ParseError::UnsupportedMediaType(format!(
+            "unsupported Content-Type `{ct}`; send application/json, application/cloudevents+json or application/cloudevents-batch+json"
+        ))),
+    }
+}
+
+fn is_json(essence: &str) -> bool {
+    essence == "application/json"
+        || (essence.starts_with("application/")
+            && essence.ends_with("+json")
+            && !essence.contains("cloudevents"))
+}
+
+/// Parse a whole request body into events (one, or several for a batch).
+pub fn parse(
+    mode: Mode,
+    headers: &HeaderMap,
+    body: &[u8],
+    ctx: &ParseContext<'_>,
+) -> Result<(Vec<Event>, bool), ParseError> {
+    let value: Value = if body.is_empty() {
+        if mode == Mode::Binary {
+            Value::Null
+        } else {
+            return Err(invalid("", "request body is empty; send a JSON event"));
+        }
+    } else {
+        serde_json::from_slice(body).map_err(|e| invalid("", format!("malformed JSON: {e}")))?
+    };
+    let now = OffsetDateTime::now_utc();
+    match (mode, value) {
+        (Mode::Binary, data) => Ok((vec![from_binary(headers, data, now)?], false)),
+        (Mode::Structured, Value::Object(o)) => Ok((vec![from_cloudevent(o, "", now)?], false)),
+        (Mode::Json, Value::Object(o)) if o.contains_key("specversion") => {
+            Ok((vec![from_cloudevent(o, "", now)?], false))
+        }
+        (Mode::Json, Value::Object(o)) => Ok((vec![from_native(o, "", now, ctx)?], false)),
+        (Mode::Batch | Mode::Json, Value::Array(items)) => {
+            Ok((parse_batch(mode, items, now, ctx)?, true))
+        }
+        (Mode::Batch, _) => Err(invalid("", "a CloudEvents batch must be a JSON array")),
+        (_, _) => Err(invalid("", "an event must be a JSON object")),
+    }
+}
+
+fn parse_batch(
+    mode: Mode,
+    items: Vec<Value>,
+    now: OffsetDateTime,
+    ctx: &ParseContext<'_>,
+) -> Result<Vec<Event>, ParseError> {
+    if items.is_empty() {
+        return Err(invalid("", "a batch must hold at least one event"));
+    }
+    if items.len() > ctx.max_batch_events {
+        return Err(ParseError::TooManyEvents {
+            got: items.len(),
+            max: ctx.max_batch_events,
+        });
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut errors = Vec::new();
+    for (i, item) in items.into_iter().enumerate() {
+        let pointer = format!("/{i}");
+        let parsed = match item {
+            Value::Object(o) if mode == Mode::Batch || o.contains_key("specversion") => {
+                from_cloudevent(o, &pointer, now)
+            }
+            Value::Object(o) => from_native(o, &pointer, now, ctx),
+            _ => Err(invalid(&pointer, "each batch item must be a JSON object")),
+        };
+        match parsed {
+            Ok(e) => events.push(e),
+            Err(ParseError::Invalid(mut errs)) => errors.append(&mut errs),
+            Err(other) => return Err(other),
+        }
+    }
+    // The same client id twice in one batch is a client mistake, not a replay.
+    let mut seen = std::collections::HashSet::new();
+    for e in events.iter().filter(|e| e.id_supplied) {
+        if !seen.insert((e.source.as_str(), e.id.as_str())) {
+            errors.push(FieldError::new(
+                format!("{}/id", e.pointer),
+                format!(
+                    "id `{}` of source `{}` appears twice in this batch",
+                    e.id, e.source
+                ),
+            ));
+        }
+    }
+    if errors.is_empty() {
+        Ok(events)
+    } else {
+        Err(ParseError::Invalid(errors))
+    }
+}
+
+/// The native envelope: `{"type","version","data"}` plus optional fields.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Native {
+    #[serde(rename = "type")]
+    event_type: Option<Value>,
+    version: Option<Value>,
+    #[serde(default)]
+    data: Option<Value>,
+    id: Option<Value>,
+    source: Option<Value>,
+    subject: Option<Value>,
+    key: Option<Value>,
+    time: Option<Value>,
+}
+
+fn from_native(
+    obj: Map<String, Value>,
+    ptr: &str,
+    now: OffsetDateTime,
+    ctx: &ParseContext<'_>,
+) -> Result<Event, ParseError> {
+    let content_hash = hash(&obj);
+    let native: Native = serde_json::from_value(Value::Object(obj)).map_err(|e| {
+        invalid(
+            ptr,
+            format!(
+                "{e}; the envelope fields are type, version, data, id, source, subject, key, time"
+            ),
+        )
+    })?;
+    let mut errs = Errors::new(ptr);
+    let event_type = errs.required(native.event_type, "type", check_type);
+    let version = errs.required(native.version, "version", check_version);
+    let id = errs.optional(native.id, "id", check_id);
+    let source = errs.optional(native.source, "source", check_source);
+    let subject = errs.optional(native.subject, "subject", check_text);
+    let key = errs.optional(native.key, "key", check_text);
+    let time = errs.optional(native.time, "time", check_time);
+    if native.data.is_none() {
+        errs.push(
+            "data",
+            "`data` is required (it is what the schema validates)",
+        );
+    }
+    errs.finish()?;
+    let (Some(event_type), Some(version)) = (event_type, version) else {
+        return Err(invalid(ptr, "type and version are required"));
+    };
+    let id_supplied = id.is_some();
+    let id = id.unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let source = source.unwrap_or_else(|| DEFAULT_SOURCE.to_owned());
+    let time_value = time.unwrap_or(now);
+    let mut ce = Map::new();
+    ce.insert("specversion".into(), "1.0".into());
+    ce.insert("id".into(), id.clone().into());
+    ce.insert("source".into(), source.clone().into());
+    ce.insert("type".into(), event_type.clone().into());
+    ce.insert("datacontenttype".into(), "application/json".into());
+    ce.insert(
+        "dataschema".into(),
+        format!("{}/v1/schemas/{event_type}/{version}", ctx.public_url).into(),
+    );
+    if let Some(s) = &subject {
+        ce.insert("subject".into(), s.clone().into());
+    }
+    ce.insert("time".into(), format_time(time_value).into());
+    if let Some(k) = &key {
+        // CloudEvents "partitioning" extension.
+        ce.insert("partitionkey".into(), k.clone().into());
+    }
+    ce.insert("data".into(), native.data.unwrap_or(Value::Null));
+    Ok(Event {
+        id,
+        id_supplied,
+        source,
+        event_type,
+        version,
+        subject,
+        key,
+        time: time_value,
+        cloudevent: ce,
+        content_hash,
+        pointer: ptr.to_owned(),
+    })
+}
+
+fn from_cloudevent(
+    mut ce: Map<String, Value>,
+    ptr: &str,
+    now: OffsetDateTime,
+) -> Result<Event, ParseError> {
+    let content_hash = hash(&ce);
+    let mut errs = Errors::new(ptr);
+    match ce.get("specversion") {
+        Some(Value::String(v)) if v == "1.0" => {}
+        Some(_) => errs.push(
+            "specversion",
+            "postbox accepts CloudEvents specversion \"1.0\"",
+        ),
+        None => errs.push("specversion", "`specversion` is required"),
+    }
+    let id = errs.required(ce.get("id").cloned(), "id", check_id);
+    let source = errs.required(ce.get("source").cloned(), "source", check_source);
+    let ce_type = errs.required(ce.get("type").cloned(), "type", check_ce_type);
+    let subject = errs.optional(ce.get("subject").cloned(), "subject", check_text);
+    let time = errs.optional(ce.get("time").cloned(), "time", check_time);
+    if let Some(ct) = ce.get("datacontenttype") {
+        let ok = ct
+            .as_str()
+            .map(|s| is_json(s.split(';').next().unwrap_or("").trim()))
+            .unwrap_or(false);
+        if !ok {
+            errs.push(
+                "datacontenttype",
+                "postbox accepts JSON data only (application/json)",
+            );
+        }
+    }
+    if ce.contains_key("data_base64") {
+        errs.push(
+            "data_base64",
+            "postbox accepts JSON `data` only, not `data_base64`",
+        );
+    }
+    let schema_version = errs.optional(
+        ce.get("dataschema").cloned(),
+        "dataschema",
+        check_dataschema,
+    );
+    let mut key = None;
+    for (name, value) in &ce {
+        if CE_CORE.contains(&name.as_str()) {
+            continue;
+        }
+        if !valid_extension_name(name) {
+            errs.push(
+                name,
+                "CloudEvents extension names are 1-20 lowercase letters or digits",
+            );
+        } else if !(value.is_string() || value.is_boolean() || value.is_i64() || value.is_u64()) {
+            errs.push(
+                name,
+                "extension values must be strings, booleans or integers",
+            );
+        } else if name == "partitionkey" {
+            key = errs.optional(Some(value.clone()), name, check_text);
+        }
+    }
+    let (event_type, version) = match &ce_type {
+        Some(t) => split_version(t, schema_version.as_deref(), &mut errs),
+        None => (None, None),
+    };
+    errs.finish()?;
+    let (Some(id), Some(source), Some(event_type), Some(version)) =
+        (id, source, event_type, version)
+    else {
+        return Err(invalid(ptr, "id, source and type are required"));
+    };
+    ce.entry("data").or_insert(Value::Null);
+    Ok(Event {
+        id,
+        id_supplied: true,
+        source,
+        event_type,
+        version,
+        subject,
+        key,
+        time: time.unwrap_or(now),
+        cloudevent: ce,
+        content_hash,
+        pointer: ptr.to_owned(),
+    })
+}
+
+/// Binary mode: attributes in `ce-*` headers, body = data (HTTP binding §3.1).
+fn from_binary(headers: &HeaderMap, data: Value, now: OffsetDateTime) -> Result<Event, ParseError> {
+    let mut ce = Map::new();
+    let mut errs = Errors::new("");
+    for (name, value) in headers {
+        let Some(attr) = name.as_str().strip_prefix("ce-") else {
+            continue;
+        };
+        match value.to_str() {
+            // Header values are percent-encoded per the HTTP binding (§3.1.3.2).
+            Ok(v) => match percent_decode(v) {
+                Some(decoded) => {
+                    ce.insert(attr.to_owned(), Value::String(decoded));
+                }
+                None => errs.push_header(
+                    name.as_str(),
+                    "header value is not valid percent-encoded UTF-8",
+                ),
+            },
+            Err(_) => errs.push_header(name.as_str(), "header value must be visible ASCII"),
+        }
+    }
+    errs.finish()?;
+    if let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        ce.insert("datacontenttype".into(), ct.to_owned().into());
+    }
+    ce.insert("data".into(), data);
+    from_cloudevent(ce, "", now).map_err(|e| match e {
+        // Point binary-mode attribute errors at their headers, not at the body.
+        ParseError::Invalid(list) => ParseError::Invalid(
+            list.into_iter()
+                .map(|mut f| {
+                    if let Some(attr) = f.pointer.strip_prefix('/') {
+                        if attr != "data" {
+                            f.pointer = format!("header:ce-{attr}");
+                        } else {
+                            f.pointer = String::new();
+                        }
+                    }
+                    f
+                })
+                .collect(),
+        ),
+        other => other,
+    })
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `order.paid.v2` → (`order.paid`, `v2`); the version may instead come from `dataschema`;
+/// when both are present they must agree (postbox never guesses a version).
+fn split_version(
+    ce_type: &str,
+    from_schema: Option<&str>,
+    errs: &mut Errors,
+) -> (Option<String>, Option<String>) {
+    let suffix = ce_type
+        .rsplit_once('.')
+        .filter(|(base, v)| !base.is_empty() && check_version_str(v).is_ok());
+    match (suffix, from_schema) {
+        (Some((base, v)), Some(s)) if v != s => {
+            errs.push(
+                "dataschema",
+                format!("`dataschema` names version {s} but `type` ends in .{v}; they must agree"),
+            );
+            (Some(base.to_owned()), None)
+        }
+        (Some((base, v)), _) => (Some(base.to_owned()), Some(v.to_owned())),
+        (None, Some(s)) => (Some(ce_type.to_owned()), Some(s.to_owned())),
+        (None, None) => {
+            errs.push(
+                "type",
+                "the schema version is missing: end `type` with .v1 (e.g. order.paid.v1) or set `dataschema` to /v1/schemas/{type}/{version}",
+            );
+            (Some(ce_type.to_owned()), None)
+        }
+    }
+}
+
+/// Canonical hash of what the client sent (serde_json maps are sorted, so key order does not
+/// matter).
+fn hash(obj: &Map<String, Value>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    // Serializing a Value into a Vec cannot fail.
+    h.update(serde_json::to_vec(obj).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// RFC 3339 with UTC offset, as CloudEvents `time` wants.
+pub fn format_time(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn invalid(ptr: &str, msg: impl Into<String>) -> ParseError {
+    ParseError::Invalid(vec![FieldError::new(ptr.to_owned(), msg)])
+}
+
+/// Collects every field error of one event.
+struct Errors {
+    ptr: String,
+    list: Vec<FieldError>,
+}
+
+impl Errors {
+    fn new(ptr: &str) -> Self {
+        Errors {
+            ptr: ptr.to_owned(),
+            list: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, field: &str, msg: impl Into<String>) {
+        self.list
+            .push(FieldError::new(format!("{}/{field}", self.ptr), msg));
+    }
+
+    fn push_header(&mut self, header: &str, msg: impl Into<String>) {
+        self.list
+            .push(FieldError::new(format!("header:{header}"), msg));
+    }
+
+    fn required<T>(
+        &mut self,
+        v: Option<Value>,
+        field: &str,
+        check: fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match v {
+            None | Some(Value::Null) => {
+                self.push(field, format!("`{field}` is required"));
+                None
+            }
+            some => self.optional(some, field, check),
+        }
+    }
+
+    fn optional<T>(
+        &mut self,
+        v: Option<Value>,
+        field: &str,
+        check: fn(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        match v {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => match check(&s) {
+                Ok(t) => Some(t),
+                Err(msg) => {
+                    self.push(field, msg);
+                    None
+                }
+            },
+            Some(_) => {
+                self.push(field, format!("`{field}` must be a string"));
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), ParseError> {
+        if self.list.is_empty() {
+            Ok(())
+        } else {
+            Err(ParseError::Invalid(self.list))
+        }
+    }
+}
+
+fn segment_ok(seg: &str) -> bool {
+    let mut chars = seg.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Event types: dot-separated words of `[A-Za-z0-9_-]`, so that no AMQP wildcard (`*`, `#`),
+/// empty word or path trick (`..`, `/`) reaches a routing key or the schema lookup.
+fn check_type(s: &str) -> Result<String, String> {
+    if s.len() > MAX_TYPE_LEN {
+        return Err(format!("`type` is longer than {MAX_TYPE_LEN} characters"));
+    }
+    if s.split('.').all(segment_ok) {
+        Ok(s.to_owned())
+    } else {
+        Err(
+            "`type` must be dot-separated words of letters, digits, `_` and `-` (e.g. order.paid)"
+                .into(),
+        )
+    }
+}
+
+fn check_ce_type(s: &str) -> Result<String, String> {
+    check_type(s)
+}
+
+fn check_version_str(s: &str) -> Result<(), String> {
+    let digits = s.strip_prefix('v').unwrap_or("");
+    if !digits.is_empty() && digits.len() <= 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err("`version` must look like v1, v2, … (postbox never guesses the latest)".into())
+    }
+}
+
+fn check_version(s: &str) -> Result<String, String> {
+    check_version_str(s).map(|()| s.to_owned())
+}
+
+fn check_id(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_ID_LEN {
+        return Err(format!("`id` must be 1-{MAX_ID_LEN} characters"));
+    }
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~:@+=".contains(&b))
+    {
+        Ok(s.to_owned())
+    } else {
+        Err("`id` may contain letters, digits and - . _ ~ : @ + = only".into())
+    }
+}
+
+fn no_control(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+fn check_source(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_SOURCE_LEN || !no_control(s) {
+        Err(format!(
+            "`source` must be 1-{MAX_SOURCE_LEN} characters without control characters (a URI-reference)"
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn check_text(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > MAX_TEXT_LEN || !no_control(s) {
+        Err(format!(
+            "must be 1-{MAX_TEXT_LEN} characters without control characters"
+        ))
+    } else {
+        Ok(s.to_owned())
+    }
+}
+
+fn check_time(s: &str) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::parse(s, &Rfc3339)
+        .map_err(|_| "`time` must be an RFC 3339 timestamp, e.g. 2026-11-26T12:00:00Z".to_owned())
+}
+
+/// `dataschema` → version: its last path segment (with or without `.json`) must be `vN`.
+fn check_dataschema(s: &str) -> Result<String, String> {
+    let path = s.split(['?', '#']).next().unwrap_or("");
+    let last = path.rsplit('/').next().unwrap_or("");
+    let last = last.strip_suffix(".json").unwrap_or(last);
+    match check_version_str(last) {
+        Ok(()) => Ok(last.to_owned()),
+        Err(_) => Err(
+            "`dataschema` must end in the schema version, e.g. http://postbox/v1/schemas/order.paid/v1".into(),
+        ),
+    }
+}
+
+fn valid_extension_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 20
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn ctx() -> ParseContext<'static> {
+        ParseContext {
+            public_url: "http://x",
+            max_batch_events: 10,
+        }
+    }
+
+    fn parse_json(body: &str) -> Result<(Vec<Event>, bool), ParseError> {
+        parse(Mode::Json, &HeaderMap::new(), body.as_bytes(), &ctx())
+    }
+
+    fn pointers(e: ParseError) -> Vec<String> {
+        match e {
+            ParseError::Invalid(l) => l.into_iter().map(|f| f.pointer).collect(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn shortest_native_envelope() {
+        let (ev, batch) =
+            parse_json(r#"{"type":"order.paid","version":"v1","data":{"a":1}}"#).unwrap();
+        assert!(!batch);
+        let e = &ev[0];
+        assert_eq!(
+            (e.event_type.as_str(), e.version.as_str()),
+            ("order.paid", "v1")
+        );
+        assert!(!e.id_supplied);
+        assert_eq!(e.source, DEFAULT_SOURCE);
+        assert_eq!(
+            e.cloudevent["dataschema"],
+            "http://x/v1/schemas/order.paid/v1"
+        );
+        assert_eq!(e.data()["a"], 1);
+    }
+
+    #[test]
+    fn native_errors_name_every_field() {
+        let err = parse_json(r#"{"type":"order.#","version":"latest","id":"a/b"}"#).unwrap_err();
+        let p = pointers(err);
+        assert_eq!(p, vec!["/type", "/version", "/id", "/data"]);
+        let err = parse_json(r#"{"type":"a","version":"v1","data":1,"sujbect":"x"}"#).unwrap_err();
+        assert_eq!(pointers(err), vec![""]);
+    }
+
+    #[test]
+    fn cloudevent_version_from_type_suffix_or_dataschema() {
+        let (ev, _) = parse_json(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"order.paid.v2","data":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (ev[0].event_type.as_str(), ev[0].version.as_str()),
+            ("order.paid", "v2")
+        );
+        assert_eq!(ev[0].ce_type(), "order.paid.v2");
+        let (ev, _) = parse(
+            Mode::Structured,
+            &HeaderMap::new(),
+            br#"{"specversion":"1.0","id":"1","source":"/s","type":"order.paid","dataschema":"http://h/v1/schemas/order.paid/v1","data":{}}"#,
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(ev[0].version, "v1");
+        let err = parse_json(
+            r#"{"specversion":"1.0","id":"1","source":"/s","type":"order.paid.v2","dataschema":"http://h/v1/schemas/order.paid/v1"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(pointers(err), vec!["/dataschema"]);
+        let err = parse_json(r#"{"specversion":"1.0","id":"1","source":"/s","type":"order.paid"}"#)
+            .unwrap_err();
+        assert_eq!(pointers(err), vec!["/type"]);
+    }
+
+    #[test]
+    fn binary_mode_reads_headers() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", HeaderValue::from_static("application/json"));
+        h.insert("ce-specversion", HeaderValue::from_static("1.0"));
+        h.insert("ce-id", HeaderValue::from_static("abc"));
+        h.insert("ce-source", HeaderValue::from_static("/my%20src"));
+        h.insert("ce-type", HeaderValue::from_static("order.paid.v1"));
+        h.insert("ce-partitionkey", HeaderValue::from_static("cust-1"));
+        assert_eq!(mode(&h).unwrap(), Mode::Binary);
+        let (ev, _) = parse(Mode::Binary, &h, br#"{"x":1}"#, &ctx()).unwrap();
+        assert_eq!(ev[0].source, "/my src");
+        assert_eq!(ev[0].key.as_deref(), Some("cust-1"));
+        assert_eq!(ev[0].data()["x"], 1);
+        h.remove("ce-id");
+        let err = parse(Mode::Binary, &h, b"{}", &ctx()).unwrap_err();
+        assert_eq!(pointers(err), vec!["header:ce-id"]);
+    }
+
+    #[test]
+    fn batch_errors_by_index_and_limits() {
+        let err = parse_json(r#"[{"type":"a","version":"v1","data":1},{"type":"a","data":1}]"#)
+            .unwrap_err();
+        assert_eq!(pointers(err), vec!["/1/version"]);
+        let many = format!(
+            "[{}]",
+            vec![r#"{"type":"a","version":"v1","data":1}"#; 11].join(",")
+        );
+        assert!(matches!(
+            parse_json(&many),
+            Err(ParseError::TooManyEvents { got: 11, max: 10 })
+        ));
+        let dup = r#"[{"type":"a","version":"v1","data":1,"id":"x"},{"type":"a","version":"v1","data":2,"id":"x"}]"#;
+        assert_eq!(pointers(parse_json(dup).unwrap_err()), vec!["/1/id"]);
+    }
+
+    #[test]
+    fn content_type_decides_mode() {
+        let mut h = HeaderMap::new();
+        assert!(matches!(mode(&h), Err(ParseError::UnsupportedMediaType(_))));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert!(matches!(mode(&h), Err(ParseError::UnsupportedMediaType(_))));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/cloudevents-batch+json; charset=utf-8"),
+        );
+        assert_eq!(mode(&h).unwrap(), Mode::Batch);
+    }
+
+    #[test]
+    fn same_content_same_hash() {
+        let a = parse_json(r#"{"type":"a","version":"v1","data":{"x":1,"y":2},"id":"1"}"#).unwrap();
+        let b = parse_json(r#"{"id":"1","data":{"y":2,"x":1},"version":"v1","type":"a"}"#).unwrap();
+        let c = parse_json(r#"{"type":"a","version":"v1","data":{"x":2},"id":"1"}"#).unwrap();
+        assert_eq!(a.0[0].content_hash, b.0[0].content_hash);
+        assert_ne!(a.0[0].content_hash, c.0[0].content_hash);
+    }
+}

@@ -1,0 +1,328 @@
+//! The one API error type and its RFC 9457 `application/problem+json` rendering.
+//!
+//! Every variant says what the client sees. 5xx bodies say nothing internal; the cause is
+//! logged once where the error is turned into a response.
+
+use axum::{
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One problem with one part of the request, located by a JSON pointer (RFC 6901) into the
+/// request body, or `header:NAME` for a header.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: a JSON pointer into the request body (`/data/amount`, `/3/type` in a batch).
+    #[schema(example = "/data/amount")]
+    pub pointer: String,
+    /// What is wrong, in words.
+    #[schema(example = "-5 is less than the minimum of 0")]
+    pub message: String,
+}
+
+impl FieldError {
+    /// A new field error.
+    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
+
+    /// Index of the batch item this error points into, if any.
+    pub fn index(&self) -> Option<usize> {
+        self.pointer
+            .strip_prefix('/')
+            .and_then(|p| p.split('/').next())
+            .and_then(|i| i.parse().ok())
+    }
+}
+
+/// An RFC 9457 problem details document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// Stable URI reference naming the kind of problem (relative to this server).
+    #[schema(example = "/problems/schema-violation")]
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Short summary of the kind.
+    #[schema(example = "Event data does not match its schema")]
+    pub title: String,
+    /// HTTP status code.
+    #[schema(example = 422)]
+    pub status: u16,
+    /// What happened in this case.
+    #[schema(example = "1 error in data of order.paid v1")]
+    pub detail: String,
+    /// Every field-level error found (validation problems only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(nullable = false)]
+    pub errors: Vec<FieldError>,
+    /// Versions that exist for the type (unknown version only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub available_versions: Option<Vec<String>>,
+}
+
+/// Everything that can go wrong in a request.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed JSON or envelope.
+    #[error("{detail}")]
+    BadRequest {
+        /// Summary.
+        detail: String,
+        /// Every error.
+        errors: Vec<FieldError>,
+    },
+    /// Content type not accepted.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Body or batch too large.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No schema for this type/version.
+    #[error("{detail}")]
+    UnknownSchema {
+        /// Summary.
+        detail: String,
+        /// Versions that do exist.
+        available: Vec<String>,
+        /// Where in the body (batch).
+        errors: Vec<FieldError>,
+    },
+    /// Data failed its schema.
+    #[error("{detail}")]
+    SchemaViolation {
+        /// Summary.
+        detail: String,
+        /// Every violation.
+        errors: Vec<FieldError>,
+    },
+    /// Idempotency key (or `(source, id)`) reused with different content.
+    #[error("{0}")]
+    IdempotencyKeyReused(String),
+    /// The same key is being committed by another request right now.
+    #[error("{0}")]
+    Conflict(String),
+    /// No such resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The outbox cannot take the event now; nothing was stored.
+    #[error("{detail}")]
+    Unavailable {
+        /// Summary.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
+    /// A bug or an unexpected failure; logged, not shown.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Shorthand.
+pub type ApiResult<T> = Result<T, ApiError>;
+
+impl ApiError {
+    /// A 400 with one error.
+    pub fn bad_request(pointer: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        ApiError::BadRequest {
+            detail: message.clone(),
+            errors: vec![FieldError::new(pointer, message)],
+        }
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        use ApiError::*;
+        match self {
+            BadRequest { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid-request",
+                "The request is malformed",
+            ),
+            UnsupportedMediaType(_) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported content type",
+            ),
+            PayloadTooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Request too large",
+            ),
+            UnknownSchema { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown-schema",
+                "No schema for this event type and version",
+            ),
+            SchemaViolation { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "schema-violation",
+                "Event data does not match its schema",
+            ),
+            IdempotencyKeyReused(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                "Idempotency key reused with different content",
+            ),
+            Conflict(_) => (
+                StatusCode::CONFLICT,
+                "request-in-progress",
+                "A request with this key is in progress",
+            ),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Unavailable { .. } => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outbox-unavailable",
+                "The outbox cannot accept events right now",
+            ),
+            Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+
+    /// Stable short name of the kind, used as the metrics `reason` label.
+    pub fn reason(&self) -> &'static str {
+        self.parts().1
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.parts().0
+    }
+
+    /// The problem document for this error.
+    pub fn problem(&self) -> Problem {
+        let (status, kind, title) = self.parts();
+        let (errors, available) = match self {
+            ApiError::BadRequest { errors, .. } | ApiError::SchemaViolation { errors, .. } => {
+                (errors.clone(), None)
+            }
+            ApiError::UnknownSchema {
+                available, errors, ..
+            } => (errors.clone(), Some(available.clone())),
+            _ => (Vec::new(), None),
+        };
+        Problem {
+            kind: format!("/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            errors,
+            available_versions: available,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            tracing::error!(error = ?e, "request failed");
+        } else {
+            tracing::info!(status = self.status().as_u16(), reason = self.reason(), detail = %self, "request rejected");
+        }
+        metrics::counter!("postbox_http_rejected_total", "reason" => self.reason()).increment(1);
+        let retry_after = match &self {
+            ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::Conflict(_) => Some(1),
+            _ => None,
+        };
+        let mut resp = problem_response(self.status(), &self.problem());
+        if let Some(secs) = retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+/// Render a problem document with the right content type.
+pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
+    let body = serde_json::to_vec(problem).unwrap_or_default();
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+impl From<crate::envelope::ParseError> for ApiError {
+    fn from(e: crate::envelope::ParseError) -> Self {
+        use crate::envelope::ParseError as P;
+        match e {
+            P::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            P::TooManyEvents { got, max } => ApiError::PayloadTooLarge(format!(
+                "the batch holds {got} events; the limit is {max} per request"
+            )),
+            P::Invalid(errors) => {
+                let detail = summarize(&errors, "error");
+                ApiError::BadRequest { detail, errors }
+            }
+        }
+    }
+}
+
+/// "2 errors (events 0, 3): first: …"
+pub fn summarize(errors: &[FieldError], what: &str) -> String {
+    let n = errors.len();
+    let first = errors.first().map(|e| {
+        if e.pointer.is_empty() {
+            e.message.clone()
+        } else {
+            format!("{}: {}", e.pointer, e.message)
+        }
+    });
+    let mut idx: Vec<usize> = errors.iter().filter_map(FieldError::index).collect();
+    idx.dedup();
+    let plural = if n == 1 { "" } else { "s" };
+    match (first, idx.is_empty()) {
+        (Some(f), true) => format!("{n} {what}{plural}; first: {f}"),
+        (Some(f), false) => format!(
+            "{n} {what}{plural} in batch item(s) {}; first: {f}",
+            idx.iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        (None, _) => format!("no {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_shape() {
+        let e = ApiError::SchemaViolation {
+            detail: "d".into(),
+            errors: vec![FieldError::new("/3/data/x", "bad")],
+        };
+        let p = e.problem();
+        assert_eq!(p.status, 422);
+        assert_eq!(p.kind, "/problems/schema-violation");
+        assert_eq!(p.errors[0].index(), Some(3));
+        let v = serde_json::to_value(&p).unwrap();
+        assert!(v.get("available_versions").is_none());
+    }
+
+    #[test]
+    fn summary_names_batch_items() {
+        let s = summarize(
+            &[FieldError::new("/0/a", "x"), FieldError::new("/2/b", "y")],
+            "error",
+        );
+        assert_eq!(s, "2 errors in batch item(s) 0, 2; first: /0/a: x");
+    }
+}

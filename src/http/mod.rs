@@ -1,0 +1,249 @@
+//! HTTP API: shared state, the router (each module registers its own routes with utoipa), the
+//! OpenAPI document, and the middleware every route shares.
+
+pub mod docs;
+pub mod events;
+pub mod health;
+pub mod schemas;
+
+use std::{
+    collections::HashSet,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, Ordering},
+    },
+    time::Instant,
+};
+
+use axum::{
+    Router,
+    extract::{MatchedPath, Request},
+    http::StatusCode,
+    middleware::{self, Next},
+    response::Response,
+};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower_http::decompression::RequestDecompressionLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::{
+    config::Config,
+    error::ApiError,
+    outbox::{Store, writer::Writer},
+    relay::BrokerStatus,
+    schema::Registry,
+};
+
+/// Cheap handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    store: Store,
+    registry: Registry,
+    writer: Writer,
+    broker: BrokerStatus,
+    metrics: PrometheusHandle,
+    in_flight: Mutex<HashSet<String>>,
+    pending: Arc<AtomicI64>,
+}
+
+impl AppState {
+    /// Bundle the handles.
+    pub fn new(
+        config: Config,
+        store: Store,
+        registry: Registry,
+        writer: Writer,
+        broker: BrokerStatus,
+        metrics: PrometheusHandle,
+        pending: Arc<AtomicI64>,
+    ) -> AppState {
+        AppState {
+            inner: Arc::new(Inner {
+                config,
+                store,
+                registry,
+                writer,
+                broker,
+                metrics,
+                in_flight: Mutex::new(HashSet::new()),
+                pending,
+            }),
+        }
+    }
+
+    /// Configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Outbox.
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    /// Schemas.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// Group-commit writer.
+    pub fn writer(&self) -> &Writer {
+        &self.inner.writer
+    }
+
+    /// Broker status.
+    pub fn broker(&self) -> &BrokerStatus {
+        &self.inner.broker
+    }
+
+    /// Metrics renderer.
+    pub fn metrics(&self) -> &PrometheusHandle {
+        &self.inner.metrics
+    }
+
+    /// Pending events, as last counted.
+    pub fn pending(&self) -> i64 {
+        self.inner.pending.load(Ordering::Relaxed)
+    }
+
+    /// Mark keys as being committed; `None` if one of them already is (→ 409).
+    pub fn claim_keys(&self, keys: Vec<String>) -> Option<InFlight> {
+        if keys.is_empty() {
+            return Some(InFlight {
+                state: self.clone(),
+                keys,
+            });
+        }
+        let mut set = self.inner.in_flight.lock().ok()?;
+        if keys.iter().any(|k| set.contains(k)) {
+            return None;
+        }
+        set.extend(keys.iter().cloned());
+        Some(InFlight {
+            state: self.clone(),
+            keys,
+        })
+    }
+}
+
+/// Keys of a request being committed; released on drop.
+pub struct InFlight {
+    state: AppState,
+    keys: Vec<String>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        if let Ok(mut set) = self.state.inner.in_flight.lock() {
+            for k in &self.keys {
+                set.remove(k);
+            }
+        }
+    }
+}
+
+/// The OpenAPI document's top level; paths are added by each module's router.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "postbox",
+        description = include_str!("../../openapi/description.md"),
+        license(name = "MIT OR Apache-2.0")
+    ),
+    tags(
+        (name = "events", description = "Send events and follow their delivery"),
+        (name = "schemas", description = "The JSON Schemas events are validated against"),
+        (name = "operations", description = "Health, readiness and metrics")
+    ),
+    components(schemas(crate::error::Problem, crate::error::FieldError))
+)]
+pub struct ApiDoc;
+
+/// Routes and their OpenAPI description, before state is attached.
+pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(events::routes())
+        .merge(schemas::routes())
+        .merge(health::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document as committed in `openapi/openapi.json`.
+pub fn openapi_json() -> String {
+    let (_, doc) = api();
+    let mut s = doc.to_pretty_json().unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// The complete application.
+pub fn router(state: AppState) -> Router {
+    let (routes, doc) = api();
+    routes
+        .merge(docs::routes(doc))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(
+            RequestDecompressionLayer::new()
+                .gzip(true)
+                .no_deflate()
+                .no_br()
+                .no_zstd(),
+        )
+        .layer(middleware::from_fn(record_http))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::NotFound("no such endpoint; see /docs for the API".to_owned())
+}
+
+async fn method_not_allowed() -> Response {
+    let p = crate::error::Problem {
+        kind: "/problems/method-not-allowed".to_owned(),
+        title: "Method not allowed".to_owned(),
+        status: 405,
+        detail: "this endpoint does not take that method; see /docs".to_owned(),
+        errors: Vec::new(),
+        available_versions: None,
+    };
+    crate::error::problem_response(StatusCode::METHOD_NOT_ALLOWED, &p)
+}
+
+/// Request count and latency per route and status.
+async fn record_http(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("postbox_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("postbox_http_request_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    resp
+}
+
+/// Serve until `token` is cancelled, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    token: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(token.cancelled_owned())
+        .await
+}

@@ -1,0 +1,239 @@
+//! RabbitMQ side of the relay: one connection and one confirm-mode channel, publishing with
+//! `mandatory`, persistent delivery and the CloudEvents AMQP/RabbitMQ binding's headers.
+//!
+//! lapin's automatic recovery is not used (lapin issue #450): when the connection breaks, the
+//! relay drops this publisher and connects a new one.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
+    types::{AMQPValue, FieldTable, LongString, ShortString},
+};
+use serde_json::{Map, Value};
+
+use crate::outbox::Claimed;
+
+/// Result of publishing one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Broker confirmed (ack, not returned).
+    Confirmed,
+    /// Failed attempt, with the reason shown as `last_error`.
+    Failed(String),
+}
+
+/// A connected, confirm-mode publisher.
+pub struct Publisher {
+    conn: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+/// Longest wait for the TCP + AMQP handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Publisher {
+    /// Connect, open a channel in confirm mode, and declare the durable topic exchange.
+    pub async fn connect(url: &str, exchange: &str) -> anyhow::Result<Publisher> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("postbox {}", std::process::id())));
+        let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out connecting to RabbitMQ"))??;
+        let setup = async {
+            let channel = conn.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channel
+                .exchange_declare(
+                    ShortString::from(exchange),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, lapin::Error>(channel)
+        };
+        let channel = match tokio::time::timeout(CONNECT_TIMEOUT, setup).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                let _ = conn.close(200, "setup failed".into()).await;
+                return Err(e.into());
+            }
+            Err(_) => {
+                let _ = conn.close(200, "setup timed out".into()).await;
+                anyhow::bail!("timed out setting up the RabbitMQ channel");
+            }
+        };
+        Ok(Publisher {
+            conn,
+            channel,
+            exchange: exchange.to_owned(),
+        })
+    }
+
+    /// Whether connection and channel are still usable.
+    pub fn is_usable(&self) -> bool {
+        self.conn.status().connected() && self.channel.status().connected()
+    }
+
+    /// Whether RabbitMQ has blocked publishing (`connection.blocked`: memory or disk alarm).
+    pub fn is_blocked(&self) -> bool {
+        self.conn.status().blocked()
+    }
+
+    /// Publish every row, keeping them all in flight, then await every confirm.
+    ///
+    /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
+    /// error is a failed attempt; only an ack for a message that was not returned is success
+    /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
+    pub async fn publish_batch(&self, rows: &[Claimed], confirm_timeout: Duration) -> Vec<Outcome> {
+        let mut outcomes = vec![Outcome::Failed("not sent".to_owned()); rows.len()];
+        let mut pending = Vec::with_capacity(rows.len());
+        for (i, row) in rows.iter().enumerate() {
+            let sent = self
+                .channel
+                .basic_publish(
+                    ShortString::from(self.exchange.as_str()),
+                    ShortString::from(row.routing_key.as_str()),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &row.body,
+                    properties(row),
+                )
+                .await;
+            match sent {
+                Ok(confirm) => pending.push((i, confirm)),
+                Err(e) => {
+                    let why = format!("publish failed: {e}");
+                    for o in &mut outcomes[i..] {
+                        *o = Outcome::Failed(why.clone());
+                    }
+                    break;
+                }
+            }
+        }
+        let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        match tokio::time::timeout(confirm_timeout, join_all(confirms)).await {
+            Ok(results) => {
+                for (i, r) in idx.into_iter().zip(results) {
+                    outcomes[i] = classify(r, &self.exchange, &rows[i].routing_key);
+                }
+            }
+            Err(_) => {
+                for i in idx {
+                    outcomes[i] = Outcome::Failed(format!(
+                        "no confirm from RabbitMQ within {}s",
+                        confirm_timeout.as_secs()
+                    ));
+                }
+            }
+        }
+        outcomes
+    }
+
+    /// Close the channel and the connection cleanly (AMQP `connection.close`).
+    pub async fn close(self) {
+        let bye = async {
+            let _ = self
+                .channel
+                .close(200, "postbox shutting down".into())
+                .await;
+            let _ = self.conn.close(200, "postbox shutting down".into()).await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
+    }
+}
+
+fn classify(r: lapin::Result<Confirmation>, exchange: &str, routing_key: &str) -> Outcome {
+    match r {
+        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
+        Ok(Confirmation::Ack(Some(ret))) | Ok(Confirmation::Nack(Some(ret))) => {
+            Outcome::Failed(format!(
+                "returned by RabbitMQ: {} {} (no queue is bound to exchange `{exchange}` for routing key `{routing_key}`)",
+                ret.reply_code, ret.reply_text
+            ))
+        }
+        Ok(Confirmation::Nack(None)) => Outcome::Failed("nacked by RabbitMQ".to_owned()),
+        Ok(Confirmation::NotRequested) => {
+            Outcome::Failed("publisher confirms not enabled".to_owned())
+        }
+        Err(e) => Outcome::Failed(format!("connection lost before the confirm: {e}")),
+    }
+}
+
+/// AMQP properties per the CloudEvents RabbitMQ binding: structured body, attributes copied
+/// into `ce-*` headers so consumers can filter without parsing, plus `traceparent`.
+fn properties(row: &Claimed) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&row.attributes) {
+        ce_headers(&attrs, &mut headers);
+    }
+    if let Some(tp) = &row.traceparent {
+        headers.insert(
+            "traceparent".into(),
+            AMQPValue::LongString(tp.as_str().into()),
+        );
+    }
+    let timestamp = u64::try_from(row.created_at / 1_000_000).unwrap_or(0);
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/cloudevents+json".into())
+        .with_message_id(ShortString::from(row.event_id.as_str()))
+        .with_type(ShortString::from(row.ce_type.as_str()))
+        .with_timestamp(timestamp)
+        .with_app_id("postbox".into())
+        .with_headers(headers)
+}
+
+fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) {
+    for (name, value) in attrs {
+        let v = match value {
+            Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+            Value::Bool(b) => AMQPValue::Boolean(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => AMQPValue::LongLongInt(i),
+                None => AMQPValue::LongString(n.to_string().into()),
+            },
+            _ => continue,
+        };
+        headers.insert(ShortString::from(format!("ce-{name}")), v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_attributes_and_trace() {
+        let row = Claimed {
+            seq: 1,
+            event_id: "e1".into(),
+            ce_type: "order.paid".into(),
+            routing_key: "events.order.paid.v1".into(),
+            body: b"{}".to_vec(),
+            attributes: r#"{"id":"e1","specversion":"1.0","n":3,"b":true}"#.into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            attempts: 0,
+            created_at: 1_700_000_000_000_000,
+        };
+        let p = properties(&row);
+        assert_eq!(p.delivery_mode(), &Some(2));
+        assert_eq!(p.timestamp(), &Some(1_700_000_000));
+        let h = p.headers().clone().unwrap();
+        let h = h.inner();
+        assert_eq!(h.get("ce-id"), Some(&AMQPValue::LongString("e1".into())));
+        assert_eq!(h.get("ce-n"), Some(&AMQPValue::LongLongInt(3)));
+        assert!(h.contains_key("traceparent"));
+    }
+}

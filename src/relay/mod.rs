@@ -1,0 +1,338 @@
+//! The relay: claim due outbox rows → publish them with confirms → settle the batch. It wakes at
+//! once after each commit, polls as a fallback, reconnects to RabbitMQ on its own with backoff,
+//! waits while RabbitMQ blocks publishers, and stops between batches on shutdown.
+
+pub mod amqp;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::{
+    config::{Config, RelayConfig},
+    outbox::{OutboxStore, Settlement, Store, now_micros},
+};
+pub use amqp::{Outcome, Publisher};
+
+/// What the relay knows about RabbitMQ, for `/readyz` and logs.
+#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BrokerState {
+    /// Not connected yet.
+    Connecting,
+    /// Connected; publishing.
+    Connected,
+    /// Connected, but RabbitMQ has blocked publishers (resource alarm).
+    Blocked,
+    /// Cannot connect; events are buffered in the outbox.
+    Unreachable,
+}
+
+/// Shared broker status.
+#[derive(Clone)]
+pub struct BrokerStatus(Arc<Mutex<(BrokerState, Option<String>)>>);
+
+impl Default for BrokerStatus {
+    fn default() -> Self {
+        BrokerStatus(Arc::new(Mutex::new((BrokerState::Connecting, None))))
+    }
+}
+
+impl BrokerStatus {
+    /// Current state and last error.
+    pub fn get(&self) -> (BrokerState, Option<String>) {
+        self.0
+            .lock()
+            .map(|g| g.clone())
+            .unwrap_or((BrokerState::Unreachable, None))
+    }
+
+    fn set(&self, state: BrokerState, error: Option<String>) {
+        if let Ok(mut g) = self.0.lock() {
+            if g.0 != state {
+                match (&state, &error) {
+                    (BrokerState::Unreachable, Some(e)) => {
+                        tracing::warn!(error = %e, "RabbitMQ is unreachable; events stay in the outbox until it is back")
+                    }
+                    (BrokerState::Blocked, _) => {
+                        tracing::warn!("RabbitMQ blocked publishing (resource alarm); relay paused")
+                    }
+                    (BrokerState::Connected, _) => tracing::info!("connected to RabbitMQ"),
+                    _ => {}
+                }
+            }
+            metrics::gauge!("postbox_broker_connected").set(if state == BrokerState::Connected {
+                1.0
+            } else {
+                0.0
+            });
+            *g = (state, error);
+        }
+    }
+}
+
+/// The relay task.
+pub struct Relay {
+    store: Store,
+    cfg: RelayConfig,
+    amqp_url: String,
+    exchange: String,
+    status: BrokerStatus,
+    wake: Arc<Notify>,
+}
+
+/// Why a round stopped the publish loop.
+enum RoundEnd {
+    /// Rows processed (0 = idle).
+    Done(usize),
+    /// The connection broke; reconnect.
+    Broken,
+}
+
+impl Relay {
+    /// A relay for this configuration.
+    pub fn new(config: &Config, store: Store, status: BrokerStatus, wake: Arc<Notify>) -> Relay {
+        Relay {
+            store,
+            cfg: config.relay.clone(),
+            amqp_url: config.amqp_url.clone(),
+            exchange: config.exchange.clone(),
+            status,
+            wake,
+        }
+    }
+
+    /// Run until `token` is cancelled: connect, publish, reconnect with backoff.
+    pub async fn run(self, token: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !token.is_cancelled() {
+            match Publisher::connect(&self.amqp_url, &self.exchange).await {
+                Ok(publisher) => {
+                    backoff = Duration::from_millis(200);
+                    self.status.set(BrokerState::Connected, None);
+                    self.publish_loop(&publisher, &token).await;
+                    publisher.close().await;
+                    if !token.is_cancelled() {
+                        metrics::counter!("postbox_broker_reconnects_total").increment(1);
+                    }
+                }
+                Err(e) => {
+                    self.status
+                        .set(BrokerState::Unreachable, Some(format!("{e:#}")));
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = token.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        tracing::info!("relay stopped");
+    }
+
+    async fn publish_loop(&self, publisher: &Publisher, token: &CancellationToken) {
+        loop {
+            if token.is_cancelled() {
+                return;
+            }
+            if !publisher.is_usable() {
+                self.status.set(
+                    BrokerState::Unreachable,
+                    Some("connection to RabbitMQ lost".to_owned()),
+                );
+                return;
+            }
+            if publisher.is_blocked() {
+                self.status.set(
+                    BrokerState::Blocked,
+                    Some("RabbitMQ sent connection.blocked".to_owned()),
+                );
+                let started = Instant::now();
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = token.cancelled() => {}
+                }
+                metrics::counter!("postbox_broker_blocked_milliseconds_total")
+                    .increment(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                continue;
+            }
+            self.status.set(BrokerState::Connected, None);
+            match self.run_once(publisher).await {
+                Ok(RoundEnd::Done(0)) => {
+                    tokio::select! {
+                        () = self.wake.notified() => {}
+                        () = tokio::time::sleep(self.cfg.poll) => {}
+                        () = token.cancelled() => {}
+                    }
+                }
+                Ok(RoundEnd::Done(_)) => {}
+                Ok(RoundEnd::Broken) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox unavailable to the relay; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(self.cfg.poll) => {}
+                        () = token.cancelled() => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One round: claim a batch, publish it, settle it. Never stops half-way, so a shutdown
+    /// between rounds leaves no row unsettled.
+    async fn run_once(&self, publisher: &Publisher) -> Result<RoundEnd, sqlx::Error> {
+        let lease = self.cfg.confirm_timeout * 2 + Duration::from_secs(10);
+        let rows = self.store.claim(self.cfg.batch, lease).await?;
+        if rows.is_empty() {
+            return Ok(RoundEnd::Done(0));
+        }
+        let started = Instant::now();
+        let outcomes = publisher
+            .publish_batch(&rows, self.cfg.confirm_timeout)
+            .await;
+        metrics::histogram!("postbox_publish_batch_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let now = now_micros();
+        let mut broken = false;
+        let settlements: Vec<Settlement> = rows
+            .iter()
+            .zip(&outcomes)
+            .map(|(row, outcome)| match outcome {
+                Outcome::Confirmed => {
+                    metrics::counter!("postbox_published_total").increment(1);
+                    let lag = (now - row.created_at).max(0) as f64 / 1e6;
+                    metrics::histogram!("postbox_relay_lag_seconds").record(lag);
+                    Settlement::Published { seq: row.seq }
+                }
+                Outcome::Failed(error) => {
+                    broken |= error.starts_with("connection lost")
+                        || error.starts_with("publish failed")
+                        || error.starts_with("no confirm");
+                    let attempts = row.attempts.saturating_add(1);
+                    let dead = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
+                    let reason = failure_reason(error);
+                    metrics::counter!("postbox_publish_failures_total", "reason" => reason)
+                        .increment(1);
+                    if dead {
+                        metrics::counter!("postbox_dead_total").increment(1);
+                        tracing::warn!(event_id = %row.event_id, attempts, error = %error, "event is dead after its last attempt");
+                    }
+                    let delay = retry_delay(attempts, &self.cfg, &mut rand::rng());
+                    Settlement::Failed {
+                        seq: row.seq,
+                        attempts,
+                        error: error.clone(),
+                        next_attempt_at: now + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
+                        dead,
+                    }
+                }
+            })
+            .collect();
+        self.settle(&settlements).await?;
+        Ok(if broken {
+            RoundEnd::Broken
+        } else {
+            RoundEnd::Done(rows.len())
+        })
+    }
+
+    /// Settle, retrying briefly: the broker has already confirmed these messages, so losing the
+    /// settlement would publish them again when the lease runs out (a duplicate, not a loss).
+    async fn settle(&self, settlements: &[Settlement]) -> Result<(), sqlx::Error> {
+        let mut tries = 0;
+        loop {
+            match self.store.settle(settlements).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "settling publish results failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn failure_reason(error: &str) -> &'static str {
+    if error.starts_with("returned") {
+        "returned"
+    } else if error.starts_with("nacked") {
+        "nacked"
+    } else if error.starts_with("no confirm") {
+        "timeout"
+    } else {
+        "connection"
+    }
+}
+
+/// Exponential backoff with "equal jitter": half the delay fixed, half random, so retries of
+/// many events spread out instead of arriving together.
+pub fn retry_delay(attempts: i32, cfg: &RelayConfig, rng: &mut impl Rng) -> Duration {
+    let exp = u32::try_from(attempts.saturating_sub(1).clamp(0, 30)).unwrap_or(30);
+    let full = cfg
+        .retry_base
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(cfg.retry_max);
+    let half = full / 2;
+    let jitter_ms = rng.random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
+    half + Duration::from_millis(jitter_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> RelayConfig {
+        RelayConfig {
+            max_attempts: 5,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            poll: Duration::from_secs(1),
+            batch: 10,
+            confirm_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_within_jitter_and_caps() {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let d1 = retry_delay(1, &cfg(), &mut rng);
+            assert!(
+                d1 >= Duration::from_millis(500) && d1 <= Duration::from_secs(1),
+                "{d1:?}"
+            );
+            let d3 = retry_delay(3, &cfg(), &mut rng);
+            assert!(
+                d3 >= Duration::from_secs(2) && d3 <= Duration::from_secs(4),
+                "{d3:?}"
+            );
+            let d40 = retry_delay(40, &cfg(), &mut rng);
+            assert!(
+                d40 >= Duration::from_secs(30) && d40 <= Duration::from_secs(60),
+                "{d40:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reasons_are_labelled() {
+        assert_eq!(
+            failure_reason("returned by RabbitMQ: 312 NO_ROUTE"),
+            "returned"
+        );
+        assert_eq!(failure_reason("nacked by RabbitMQ"), "nacked");
+        assert_eq!(
+            failure_reason("connection lost before the confirm: x"),
+            "connection"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! JSON Schemas of event data, one per `(type, version)`.
+
+pub mod registry;
+
+pub use registry::{Registry, SchemaEntry};
