@@ -336,16 +336,17 @@ fn parse_store(url: &str) -> anyhow::Result<StoreKind> {
     )
 }
 
-/// AMQP short strings are at most 255 bytes; keep names to a safe character set so that no
+/// AMQP short strings are at most 255 bytes (prefix 100 + type 128 + version fit a routing
+/// key); keep names to a safe character set so that no
 /// wildcard (`*`, `#`) can reach a routing key.
 fn check_amqp_name(what: &str, name: &str) -> anyhow::Result<()> {
     let ok = !name.is_empty()
-        && name.len() <= 120
+        && name.len() <= 100
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     if !ok {
-        bail!("{what} must be 1-120 characters of [A-Za-z0-9._:-] (got `{name}`)");
+        bail!("{what} must be 1-100 characters of [A-Za-z0-9._:-] (got `{name}`)");
     }
     Ok(())
 }

@@ -110,6 +110,9 @@ pub enum ApiError {
     /// No such resource.
     #[error("{0}")]
     NotFound(String),
+    /// Several events share this id (ids are unique per source only).
+    #[error("{0}")]
+    Ambiguous(String),
     /// The outbox cannot take the event now; nothing was stored.
     #[error("{detail}")]
     Unavailable {
@@ -175,6 +178,11 @@ impl ApiError {
                 "A request with this key is in progress",
             ),
             NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Ambiguous(_) => (
+                StatusCode::CONFLICT,
+                "ambiguous-event-id",
+                "Several sources used this event id",
+            ),
             Unavailable { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "outbox-unavailable",

@@ -438,7 +438,7 @@ fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
         (status = 404, description = "No event with this id.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404, "detail": "no event with id `x`"})),
         (status = 409, description = "Several sources used this id; add `?source=`.", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "/problems/request-in-progress", "title": "A request with this key is in progress", "status": 409, "detail": "2 events have id `1` (sources: a, b); add ?source="})),
+            example = json!({"type": "/problems/ambiguous-event-id", "title": "Several sources used this event id", "status": 409, "detail": "2 events have id `1` (sources: a, b); add ?source="})),
         (status = 503, description = "The outbox database is unavailable.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/outbox-unavailable", "title": "The outbox cannot accept events right now", "status": 503, "detail": "the outbox database is unavailable"})),
     )
@@ -467,7 +467,7 @@ pub async fn get_event(
     match found.len() {
         0 => Err(ApiError::NotFound(format!("no event with id `{id}`"))),
         1 => Ok(Json(found.remove(0))),
-        n => Err(ApiError::Conflict(format!(
+        n => Err(ApiError::Ambiguous(format!(
             "{n} events have id `{id}` (sources: {}); add ?source=",
             found
                 .iter()

@@ -10,11 +10,7 @@ use sqlx::{
     postgres::{PgPool, PgPoolOptions},
 };
 
-use super::{
-    Claimed, EventRecord, OutboxStore, Settlement, Stats, StoreResult, WriteOutcome, WriteRequest,
-    now_micros,
-    sql::{self, claimed_from_row, shared_store_impl},
-};
+use super::{StoreResult, sql::shared_store_impl};
 
 /// PostgreSQL-backed outbox.
 #[derive(Clone)]
@@ -46,85 +42,25 @@ impl PgStore {
     }
 }
 
-shared_store_impl!(PgStore, sqlx::Postgres);
+impl PgStore {
+    /// Several instances claim concurrently: skip rows another instance is claiming.
+    const CLAIM_LOCK: &'static str = "for update skip locked";
 
-impl OutboxStore for PgStore {
-    async fn migrate(&self) -> anyhow::Result<()> {
-        Self::migrator()
-            .run(&self.pool)
-            .await
-            .context("migrating PostgreSQL outbox")
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("select 1")
-            .execute(&self.pool)
-            .await
-            .map(|_| ())
-    }
-
-    async fn commit(&self, reqs: &[WriteRequest]) -> StoreResult<Vec<WriteOutcome>> {
-        self.commit_group(reqs).await
-    }
-
-    async fn find(&self, id: &str, source: Option<&str>) -> StoreResult<Vec<EventRecord>> {
-        self.find_events(id, source).await
-    }
-
-    async fn claim(&self, limit: u32, lease: Duration) -> StoreResult<Vec<Claimed>> {
-        let now = now_micros();
-        let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-        let q = format!(
-            "update outbox set lease_until = $1 where seq in \
-             (select seq from outbox where status = 'pending' and next_attempt_at <= $2 \
-              and (lease_until is null or lease_until < $2) order by seq limit $3 \
-              for update skip locked) \
-             returning {}",
-            sql::CLAIM_COLUMNS
-        );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(q))
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            claimed.push(claimed_from_row!(r));
-        }
-        claimed.sort_by_key(|c| c.seq);
-        Ok(claimed)
-    }
-
-    async fn settle(&self, results: &[Settlement]) -> StoreResult<()> {
-        let now = now_micros();
-        let published: Vec<i64> = results
-            .iter()
-            .filter_map(|s| match s {
-                Settlement::Published { seq } => Some(*seq),
-                _ => None,
-            })
-            .collect();
-        let mut tx = self.pool.begin().await?;
-        if !published.is_empty() {
-            sqlx::query(
-                "update outbox set status = 'published', attempts = attempts + 1, published_at = $1, \
-                 updated_at = $1, lease_until = null, last_error = null where seq = any($2)",
-            )
-            .bind(now)
-            .bind(&published)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Self::settle_others(&mut tx, results, now).await?;
-        tx.commit().await
-    }
-
-    async fn stats(&self) -> StoreResult<Stats> {
-        self.backlog_stats().await
-    }
-
-    async fn prune(&self, before: i64, limit: u32) -> StoreResult<u64> {
-        self.prune_before(before, limit).await
+    async fn mark_published(
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        seqs: &[i64],
+        now: i64,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "update outbox set status = 'published', attempts = attempts + 1, published_at = $1, \
+             updated_at = $1, lease_until = null, last_error = null where seq = any($2)",
+        )
+        .bind(now)
+        .bind(seqs)
+        .execute(&mut **tx)
+        .await
+        .map(|_| ())
     }
 }
+
+shared_store_impl!(PgStore, sqlx::Postgres, "PostgreSQL");

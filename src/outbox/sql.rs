@@ -55,9 +55,98 @@ macro_rules! claimed_from_row {
 }
 pub(crate) use claimed_from_row;
 
-/// The backend-independent half of a store, for a type with a `pool: sqlx::Pool<$db>` field.
+/// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
+/// `pool: sqlx::Pool<$db>` field, `migrator()`, `mark_published(tx, seqs, now)` and a
+/// `CLAIM_LOCK` clause appended to the claim's row selection.
 macro_rules! shared_store_impl {
-    ($store:ty, $db:ty) => {
+    ($store:ty, $db:ty, $name:literal) => {
+        impl $crate::outbox::OutboxStore for $store {
+            async fn migrate(&self) -> anyhow::Result<()> {
+                use anyhow::Context as _;
+                Self::migrator()
+                    .run(&self.pool)
+                    .await
+                    .context(concat!("migrating the ", $name, " outbox"))
+            }
+
+            async fn ping(&self) -> $crate::outbox::StoreResult<()> {
+                sqlx::query("select 1").execute(&self.pool).await.map(|_| ())
+            }
+
+            async fn commit(
+                &self,
+                reqs: &[$crate::outbox::WriteRequest],
+            ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::WriteOutcome>> {
+                self.commit_group(reqs).await
+            }
+
+            async fn find(
+                &self,
+                id: &str,
+                source: Option<&str>,
+            ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::EventRecord>> {
+                self.find_events(id, source).await
+            }
+
+            async fn claim(
+                &self,
+                limit: u32,
+                lease: std::time::Duration,
+            ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::Claimed>> {
+                let now = $crate::outbox::now_micros();
+                let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+                let q = format!(
+                    "update outbox set lease_until = $1 where seq in \
+                     (select seq from outbox where status = 'pending' and next_attempt_at <= $2 \
+                      and (lease_until is null or lease_until < $2) order by seq limit $3 {}) \
+                     returning {}",
+                    Self::CLAIM_LOCK,
+                    $crate::outbox::sql::CLAIM_COLUMNS
+                );
+                let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+                    .bind(lease_until)
+                    .bind(now)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut claimed = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    claimed.push($crate::outbox::sql::claimed_from_row!(r));
+                }
+                // RETURNING does not promise an order; publish in commit order.
+                claimed.sort_by_key(|c| c.seq);
+                Ok(claimed)
+            }
+
+            async fn settle(
+                &self,
+                results: &[$crate::outbox::Settlement],
+            ) -> $crate::outbox::StoreResult<()> {
+                let now = $crate::outbox::now_micros();
+                let published: Vec<i64> = results
+                    .iter()
+                    .filter_map(|s| match s {
+                        $crate::outbox::Settlement::Published { seq } => Some(*seq),
+                        _ => None,
+                    })
+                    .collect();
+                let mut tx = self.pool.begin().await?;
+                if !published.is_empty() {
+                    Self::mark_published(&mut tx, &published, now).await?;
+                }
+                Self::settle_others(&mut tx, results, now).await?;
+                tx.commit().await
+            }
+
+            async fn stats(&self) -> $crate::outbox::StoreResult<$crate::outbox::Stats> {
+                self.backlog_stats().await
+            }
+
+            async fn prune(&self, before: i64, limit: u32) -> $crate::outbox::StoreResult<u64> {
+                self.prune_before(before, limit).await
+            }
+        }
+
         impl $store {
             /// Group commit: one transaction; requests with several rows get a savepoint so that
             /// one bad request leaves the others intact.

@@ -98,17 +98,28 @@ impl Publisher {
         let mut outcomes = vec![Outcome::Failed("not sent".to_owned()); rows.len()];
         let mut pending = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
+            // AMQP short strings hold 255 bytes; lapin panics beyond, so check first.
+            let (Ok(exchange), Ok(routing_key), Some(props)) = (
+                ShortString::try_new(self.exchange.as_str()),
+                ShortString::try_new(row.routing_key.as_str()),
+                properties(row),
+            ) else {
+                outcomes[i] = Outcome::Failed(
+                    "invalid message: a name is longer than AMQP's 255-byte limit".to_owned(),
+                );
+                continue;
+            };
             let sent = self
                 .channel
                 .basic_publish(
-                    ShortString::from(self.exchange.as_str()),
-                    ShortString::from(row.routing_key.as_str()),
+                    exchange,
+                    routing_key,
                     BasicPublishOptions {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
                     &row.body,
-                    properties(row),
+                    props,
                 )
                 .await;
             match sent {
@@ -173,10 +184,11 @@ fn classify(r: lapin::Result<Confirmation>, exchange: &str, routing_key: &str) -
 
 /// AMQP properties per the CloudEvents RabbitMQ binding: structured body, attributes copied
 /// into `ce-*` headers so consumers can filter without parsing, plus `traceparent`.
-fn properties(row: &Claimed) -> BasicProperties {
+/// `None` if a value does not fit an AMQP short string.
+fn properties(row: &Claimed) -> Option<BasicProperties> {
     let mut headers = FieldTable::default();
     if let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&row.attributes) {
-        ce_headers(&attrs, &mut headers);
+        ce_headers(&attrs, &mut headers)?;
     }
     if let Some(tp) = &row.traceparent {
         headers.insert(
@@ -185,17 +197,19 @@ fn properties(row: &Claimed) -> BasicProperties {
         );
     }
     let timestamp = u64::try_from(row.created_at / 1_000_000).unwrap_or(0);
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/cloudevents+json".into())
-        .with_message_id(ShortString::from(row.event_id.as_str()))
-        .with_type(ShortString::from(row.ce_type.as_str()))
-        .with_timestamp(timestamp)
-        .with_app_id("postbox".into())
-        .with_headers(headers)
+    Some(
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/cloudevents+json".into())
+            .with_message_id(ShortString::try_new(row.event_id.as_str()).ok()?)
+            .with_type(ShortString::try_new(row.ce_type.as_str()).ok()?)
+            .with_timestamp(timestamp)
+            .with_app_id("postbox".into())
+            .with_headers(headers),
+    )
 }
 
-fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) {
+fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) -> Option<()> {
     for (name, value) in attrs {
         let v = match value {
             Value::String(s) => AMQPValue::LongString(s.as_str().into()),
@@ -206,8 +220,9 @@ fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) {
             },
             _ => continue,
         };
-        headers.insert(ShortString::from(format!("ce-{name}")), v);
+        headers.insert(ShortString::try_new(format!("ce-{name}")).ok()?, v);
     }
+    Some(())
 }
 
 #[cfg(test)]
@@ -227,7 +242,7 @@ mod tests {
             attempts: 0,
             created_at: 1_700_000_000_000_000,
         };
-        let p = properties(&row);
+        let p = properties(&row).unwrap();
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(p.timestamp(), &Some(1_700_000_000));
         let h = p.headers().clone().unwrap();
