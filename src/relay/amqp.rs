@@ -211,13 +211,11 @@ fn properties(row: &Claimed) -> Option<BasicProperties> {
 
 fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) -> Option<()> {
     for (name, value) in attrs {
+        // The binding carries every attribute as a string header (as the SDKs' binary mode
+        // reads them back).
         let v = match value {
             Value::String(s) => AMQPValue::LongString(s.as_str().into()),
-            Value::Bool(b) => AMQPValue::Boolean(*b),
-            Value::Number(n) => match n.as_i64() {
-                Some(i) => AMQPValue::LongLongInt(i),
-                None => AMQPValue::LongString(n.to_string().into()),
-            },
+            Value::Bool(_) | Value::Number(_) => AMQPValue::LongString(value.to_string().into()),
             _ => continue,
         };
         headers.insert(ShortString::try_new(format!("ce-{name}")).ok()?, v);
@@ -248,7 +246,8 @@ mod tests {
         let h = p.headers().clone().unwrap();
         let h = h.inner();
         assert_eq!(h.get("ce-id"), Some(&AMQPValue::LongString("e1".into())));
-        assert_eq!(h.get("ce-n"), Some(&AMQPValue::LongLongInt(3)));
+        assert_eq!(h.get("ce-n"), Some(&AMQPValue::LongString("3".into())));
+        assert_eq!(h.get("ce-b"), Some(&AMQPValue::LongString("true".into())));
         assert!(h.contains_key("traceparent"));
     }
 }
