@@ -810,7 +810,7 @@ mod tests {
         assert_eq!(pointers(err), vec!["/1/version"]);
         let many = format!(
             "[{}]",
-            vec![r#"{"type":"a","version":"v1","data":1}"#; 11].join(",")
+            [r#"{"type":"a","version":"v1","data":1}"#; 11].join(",")
         );
         assert!(matches!(
             parse_json(&many),

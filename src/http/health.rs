@@ -81,7 +81,7 @@ pub struct BrokerReadiness {
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses(
         (status = 200, description = "Ready.", body = Readiness, example = json!({"status": "ready", "outbox": {"backend": "sqlite", "reachable": true, "pending": 0}, "schemas": 3, "broker": {"state": "unreachable", "error": "IO error: Connection refused (os error 111)"}})),
-        (status = 503, description = "Not ready: the outbox database does not answer or no schema is loaded.", body = Readiness),
+        (status = 503, description = "Not ready: the outbox database does not answer or no schema is loaded.", body = Readiness, example = json!({"status": "not_ready", "outbox": {"backend": "postgres", "reachable": false, "pending": 120}, "schemas": 3, "broker": {"state": "connected", "error": null}})),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let reachable = matches!(

@@ -30,6 +30,11 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
+    /// Begin the group commit's transaction (row locks are taken as rows are written).
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+        self.pool.begin().await
+    }
+
     /// The migrations under `migrations/postgres/`, embedded in the binary.
     pub fn migrator() -> Migrator {
         Migrator::with_migrations(vec![Migration::new(

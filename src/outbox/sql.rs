@@ -156,7 +156,7 @@ macro_rules! shared_store_impl {
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::WriteOutcome>> {
                 use sqlx::Acquire as _;
                 let now = $crate::outbox::now_micros();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.begin_write().await?;
                 let mut outcomes = Vec::with_capacity(reqs.len());
                 for req in reqs {
                     let outcome = if req.rows.len() > 1 {

@@ -42,6 +42,15 @@ impl SqliteStore {
         Ok(SqliteStore { pool })
     }
 
+    /// Begin the group commit's transaction holding the write lock (`BEGIN IMMEDIATE`). With a
+    /// deferred `BEGIN`, a request whose first statement reads (the `Idempotency-Key` lookup)
+    /// holds a WAL read snapshot; upgrading it to a write while the relay writes fails at once
+    /// with `SQLITE_BUSY` (SQLite does not call the busy handler for a read-to-write upgrade,
+    /// and the snapshot may be stale), which answered 503 instead of waiting `busy_timeout`.
+    async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        self.pool.begin_with("begin immediate").await
+    }
+
     /// Release every lease (see [`super::Store::release_stale_leases`]).
     pub async fn release_leases(&self) -> StoreResult<()> {
         sqlx::query("update outbox set lease_until = null where lease_until is not null")

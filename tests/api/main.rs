@@ -1,0 +1,8 @@
+//! Integration tests against the real RabbitMQ (127.0.0.1:5672) and PostgreSQL (127.0.0.1:5432).
+//! One binary; helpers in `helpers.rs`.
+
+mod helpers;
+
+mod delivery;
+mod http_status;
+mod openapi;
