@@ -84,7 +84,7 @@ pub struct Settings {
     #[arg(long, env = "POSTBOX_WRITER_BATCH")]
     pub writer_batch: Option<usize>,
 
-    /// Pending events above which new events are refused with 503 (0 = no limit). [default: 0]
+    /// Pending events at which new events are refused with 503 (0 = no limit). [default: 0]
     #[arg(long, env = "POSTBOX_MAX_BACKLOG")]
     pub max_backlog: Option<u64>,
 

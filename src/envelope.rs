@@ -91,6 +91,8 @@ pub struct Event {
     pub content_hash: [u8; 32],
     /// JSON pointer of this event in the request body ("" or "/3").
     pub pointer: String,
+    /// Sent as postbox's native envelope (not as a CloudEvent).
+    pub native: bool,
 }
 
 impl Event {
@@ -325,6 +327,7 @@ fn from_native(
         cloudevent: ce,
         content_hash,
         pointer: ptr.to_owned(),
+        native: true,
     })
 }
 
@@ -413,6 +416,7 @@ fn from_cloudevent(
         cloudevent: ce,
         content_hash,
         pointer: ptr.to_owned(),
+        native: false,
     })
 }
 

@@ -317,10 +317,11 @@ fn validate(state: &AppState, events: &[Event], mode: Mode) -> ApiResult<()> {
                         versions.join(", ")
                     )
                 };
-                let field = if mode == Mode::Binary {
-                    "header:ce-type".to_owned()
-                } else {
-                    format!("{}/type", e.pointer)
+                let field = match (mode, e.native && !versions.is_empty()) {
+                    (Mode::Binary, _) => "header:ce-type".to_owned(),
+                    // The type exists, so the native envelope's `version` is what is wrong.
+                    (_, true) => format!("{}/version", e.pointer),
+                    (_, false) => format!("{}/type", e.pointer),
                 };
                 unknown.push(FieldError::new(field, msg));
                 available = versions;

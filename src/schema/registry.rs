@@ -68,17 +68,17 @@ impl Registry {
         self.schemas.get(event_type)?.get(version)
     }
 
-    /// Versions known for a type (empty if the type is unknown).
+    /// Versions known for a type, oldest first (empty if the type is unknown).
     pub fn versions(&self, event_type: &str) -> Vec<String> {
         self.schemas
             .get(event_type)
-            .map(|v| v.keys().cloned().collect())
+            .map(|v| by_number(v.keys()).into_iter().cloned().collect())
             .unwrap_or_default()
     }
 
-    /// Every `(type, versions)`.
+    /// Every `(type, versions oldest first)`.
     pub fn list(&self) -> impl Iterator<Item = (&String, Vec<&String>)> {
-        self.schemas.iter().map(|(t, v)| (t, v.keys().collect()))
+        self.schemas.iter().map(|(t, v)| (t, by_number(v.keys())))
     }
 
     /// Number of schemas loaded.
@@ -112,6 +112,13 @@ impl SchemaEntry {
             })
             .collect()
     }
+}
+
+/// `v2` before `v10`: versions sort by their number, not as text.
+fn by_number<'a>(versions: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut v: Vec<&String> = versions.collect();
+    v.sort_by_key(|s| s.trim_start_matches('v').parse::<u64>().unwrap_or(u64::MAX));
+    v
 }
 
 fn compile(path: &PathBuf) -> anyhow::Result<SchemaEntry> {
@@ -167,6 +174,17 @@ mod tests {
         let ptrs: Vec<_> = errs.iter().map(|e| e.pointer.as_str()).collect();
         assert!(ptrs.contains(&"/data/order_id"), "{ptrs:?}");
         assert!(ptrs.contains(&"/data/amount"), "{ptrs:?}");
+    }
+
+    #[test]
+    fn versions_sort_by_number() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a.b")).unwrap();
+        for v in ["v10", "v2", "v1"] {
+            std::fs::write(dir.path().join(format!("a.b/{v}.json")), "{}").unwrap();
+        }
+        let reg = Registry::load(dir.path()).unwrap();
+        assert_eq!(reg.versions("a.b"), vec!["v1", "v2", "v10"]);
     }
 
     #[test]

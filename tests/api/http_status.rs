@@ -445,13 +445,14 @@ async fn unknown_type_or_version_is_422_naming_versions() {
     e["version"] = json!("v9");
     let p = assert_problem(app.post_json(&e).await, 422, "unknown-schema").await;
     assert_eq!(p["available_versions"], json!(["v1", "v2"]));
-    assert_eq!(pointers(&p), vec!["/type"]);
+    assert_eq!(pointers(&p), vec!["/version"]);
     assert!(p["detail"].as_str().unwrap().contains("v9"), "{p}");
 
     let mut e = order_paid("o-1");
     e["type"] = json!("order.refunded");
     let p = assert_problem(app.post_json(&e).await, 422, "unknown-schema").await;
     assert_eq!(p["available_versions"], json!([]));
+    assert_eq!(pointers(&p), vec!["/type"]);
 }
 
 #[tokio::test]
