@@ -9,9 +9,16 @@ pub const CLAIM_COLUMNS: &str =
 /// Columns `GET /v1/events/{id}` reads.
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body";
 
-pub const INSERT: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, status, attempts, next_attempt_at, created_at, updated_at) \
-     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 'pending', 0, $14, $14, $14) \
-     on conflict (source, event_id) do nothing returning seq";
+/// Rows per multi-row insert: 16 parameters each stays far below both backends' limits.
+pub const INSERT_CHUNK: usize = 500;
+
+/// New rows are `pending` with no attempts (column defaults), due at once.
+pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, created_at, next_attempt_at, updated_at) ";
+
+pub const INSERT_TAIL: &str =
+    " on conflict (source, event_id) do nothing returning seq, source, event_id";
+
+pub const DELETE_ROW: &str = "delete from outbox where seq = $1";
 
 pub const SELECT_HASH: &str = "select content_hash from outbox where source = $1 and event_id = $2";
 
@@ -148,118 +155,152 @@ macro_rules! shared_store_impl {
         }
 
         impl $store {
-            /// Group commit: one transaction; requests with several rows get a savepoint so that
-            /// one bad request leaves the others intact.
+            /// Group commit: every request in one transaction and one fsync; rows go in with
+            /// multi-row inserts. A request whose key turns out to be reused with other content
+            /// has its rows deleted again before the commit, leaving the others intact.
             async fn commit_group(
                 &self,
                 reqs: &[$crate::outbox::WriteRequest],
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::WriteOutcome>> {
-                use sqlx::Acquire as _;
-                let now = $crate::outbox::now_micros();
-                let mut tx = self.begin_write().await?;
-                let mut outcomes = Vec::with_capacity(reqs.len());
-                for req in reqs {
-                    let outcome = if req.rows.len() > 1 {
-                        let mut sp = (&mut tx).begin().await?;
-                        let outcome = Self::write_request(&mut sp, req, now).await?;
-                        if matches!(outcome, $crate::outbox::WriteOutcome::KeyReused(_)) {
-                            sp.rollback().await?;
-                        } else {
-                            sp.commit().await?;
-                        }
-                        outcome
-                    } else {
-                        Self::write_request(&mut tx, req, now).await?
-                    };
-                    outcomes.push(outcome);
-                }
-                tx.commit().await?;
-                Ok(outcomes)
-            }
-
-            async fn write_request(
-                conn: &mut sqlx::Transaction<'_, $db>,
-                req: &$crate::outbox::WriteRequest,
-                now: i64,
-            ) -> $crate::outbox::StoreResult<$crate::outbox::WriteOutcome> {
                 use $crate::outbox::{StoredRef, WriteOutcome, sql};
                 use sqlx::Row as _;
-                if let Some((key, hash)) = &req.idempotency {
-                    let prior = sqlx::query(sql::SELECT_KEY)
-                        .bind(key)
-                        .fetch_optional(&mut **conn)
-                        .await?;
-                    if let Some(row) = prior {
-                        let prior_hash: Vec<u8> = row.try_get(0)?;
-                        if &prior_hash != hash {
-                            return Ok(WriteOutcome::KeyReused(format!(
-                                "Idempotency-Key `{key}` was already used for a different request"
-                            )));
-                        }
-                        let response: String = row.try_get(1)?;
-                        let refs: Vec<StoredRef> = serde_json::from_str(&response)
-                            .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-                        return Ok(WriteOutcome::Stored {
-                            refs,
-                            replayed: true,
-                        });
+                let now = $crate::outbox::now_micros();
+                let mut tx = self.begin_write().await?;
+                // Idempotency-Key replays and reuses are settled before anything is written.
+                let mut outcomes: Vec<Option<WriteOutcome>> = Vec::with_capacity(reqs.len());
+                for req in reqs {
+                    outcomes.push(Self::check_key(&mut tx, req).await?);
+                }
+                // Insert every row of the remaining requests; remember which were new.
+                let todo: Vec<(usize, usize)> = reqs
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| outcomes[*i].is_none())
+                    .flat_map(|(i, r)| (0..r.rows.len()).map(move |j| (i, j)))
+                    .collect();
+                let mut inserted = std::collections::HashMap::new();
+                for chunk in todo.chunks(sql::INSERT_CHUNK) {
+                    let mut qb = sqlx::QueryBuilder::<$db>::new(sql::INSERT_HEAD);
+                    qb.push_values(chunk, |mut b, (i, j)| {
+                        let r = &reqs[*i].rows[*j];
+                        b.push_bind(r.event_id.as_str())
+                            .push_bind(r.source.as_str())
+                            .push_bind(r.event_type.as_str())
+                            .push_bind(r.version.as_str())
+                            .push_bind(r.ce_type.as_str())
+                            .push_bind(r.subject.as_deref())
+                            .push_bind(r.ordering_key.as_deref())
+                            .push_bind(r.event_time)
+                            .push_bind(r.routing_key.as_str())
+                            .push_bind(r.body.as_slice())
+                            .push_bind(r.attributes.as_str())
+                            .push_bind(r.content_hash.as_slice())
+                            .push_bind(r.traceparent.as_deref())
+                            .push_bind(now)
+                            .push_bind(now)
+                            .push_bind(now);
+                    });
+                    qb.push(sql::INSERT_TAIL);
+                    for row in qb.build().fetch_all(&mut *tx).await? {
+                        let seq: i64 = row.try_get(0)?;
+                        let source: String = row.try_get(1)?;
+                        let id: String = row.try_get(2)?;
+                        inserted.insert((source, id), seq);
                     }
                 }
-                let mut refs = Vec::with_capacity(req.rows.len());
-                let mut all_replayed = true;
-                for r in &req.rows {
-                    let inserted = sqlx::query(sql::INSERT)
-                        .bind(&r.event_id)
-                        .bind(&r.source)
-                        .bind(&r.event_type)
-                        .bind(&r.version)
-                        .bind(&r.ce_type)
-                        .bind(&r.subject)
-                        .bind(&r.ordering_key)
-                        .bind(r.event_time)
-                        .bind(&r.routing_key)
-                        .bind(&r.body)
-                        .bind(&r.attributes)
-                        .bind(&r.content_hash)
-                        .bind(&r.traceparent)
-                        .bind(now)
-                        .fetch_optional(&mut **conn)
-                        .await?;
-                    if inserted.is_none() {
-                        let prior: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_HASH)
-                            .bind(&r.source)
-                            .bind(&r.event_id)
-                            .fetch_optional(&mut **conn)
-                            .await?;
-                        if prior.as_ref() != Some(&r.content_hash) {
-                            return Ok(WriteOutcome::KeyReused(format!(
-                                "event id `{}` of source `{}` was already used for different content",
-                                r.event_id, r.source
-                            )));
-                        }
-                    } else {
-                        all_replayed = false;
+                // Rows that were not inserted already existed: same content is a replay.
+                for (i, req) in reqs.iter().enumerate() {
+                    if outcomes[i].is_some() {
+                        continue;
                     }
-                    refs.push(StoredRef {
-                        id: r.event_id.clone(),
-                        source: r.source.clone(),
+                    let mut reused = None;
+                    let mut fresh = Vec::new();
+                    for r in &req.rows {
+                        match inserted.get(&(r.source.clone(), r.event_id.clone())) {
+                            Some(seq) => fresh.push(*seq),
+                            None => {
+                                let prior: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_HASH)
+                                    .bind(&r.source)
+                                    .bind(&r.event_id)
+                                    .fetch_optional(&mut *tx)
+                                    .await?;
+                                if prior.as_ref() != Some(&r.content_hash) && reused.is_none() {
+                                    reused = Some(format!(
+                                        "event id `{}` of source `{}` was already used for different content",
+                                        r.event_id, r.source
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if let Some(msg) = reused {
+                        for seq in fresh {
+                            sqlx::query(sql::DELETE_ROW).bind(seq).execute(&mut *tx).await?;
+                        }
+                        outcomes[i] = Some(WriteOutcome::KeyReused(msg));
+                        continue;
+                    }
+                    let refs: Vec<StoredRef> = req
+                        .rows
+                        .iter()
+                        .map(|r| StoredRef {
+                            id: r.event_id.clone(),
+                            source: r.source.clone(),
+                        })
+                        .collect();
+                    if let Some((key, hash)) = &req.idempotency {
+                        let response = serde_json::to_string(&refs)
+                            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+                        sqlx::query(sql::INSERT_KEY)
+                            .bind(key)
+                            .bind(hash)
+                            .bind(response)
+                            .bind(now)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                    outcomes[i] = Some(WriteOutcome::Stored {
+                        refs,
+                        replayed: fresh.is_empty(),
                     });
                 }
-                if let Some((key, hash)) = &req.idempotency {
-                    let response = serde_json::to_string(&refs)
-                        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-                    sqlx::query(sql::INSERT_KEY)
-                        .bind(key)
-                        .bind(hash)
-                        .bind(response)
-                        .bind(now)
-                        .execute(&mut **conn)
-                        .await?;
+                tx.commit().await?;
+                Ok(outcomes
+                    .into_iter()
+                    .map(|o| o.unwrap_or(WriteOutcome::KeyReused(String::new())))
+                    .collect())
+            }
+
+            /// The `Idempotency-Key` verdict, if the key was seen before.
+            async fn check_key(
+                conn: &mut sqlx::Transaction<'_, $db>,
+                req: &$crate::outbox::WriteRequest,
+            ) -> $crate::outbox::StoreResult<Option<$crate::outbox::WriteOutcome>> {
+                use $crate::outbox::{StoredRef, WriteOutcome, sql};
+                use sqlx::Row as _;
+                let Some((key, hash)) = &req.idempotency else {
+                    return Ok(None);
+                };
+                let Some(row) = sqlx::query(sql::SELECT_KEY)
+                    .bind(key)
+                    .fetch_optional(&mut **conn)
+                    .await?
+                else {
+                    return Ok(None);
+                };
+                let prior_hash: Vec<u8> = row.try_get(0)?;
+                if &prior_hash != hash {
+                    return Ok(Some(WriteOutcome::KeyReused(format!(
+                        "Idempotency-Key `{key}` was already used for a different request"
+                    ))));
                 }
-                Ok(WriteOutcome::Stored {
+                let response: String = row.try_get(1)?;
+                let refs: Vec<StoredRef> =
+                    serde_json::from_str(&response).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+                Ok(Some(WriteOutcome::Stored {
                     refs,
-                    replayed: all_replayed,
-                })
+                    replayed: true,
+                }))
             }
 
             async fn find_events(

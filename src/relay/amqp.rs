@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures_util::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
+    PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
@@ -89,13 +90,10 @@ impl Publisher {
         self.conn.status().blocked()
     }
 
-    /// Publish every row, keeping them all in flight, then await every confirm.
-    ///
-    /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
-    /// error is a failed attempt; only an ack for a message that was not returned is success
-    /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
-    pub async fn publish_batch(&self, rows: &[Claimed], confirm_timeout: Duration) -> Vec<Outcome> {
-        let mut outcomes = vec![Outcome::Failed("not sent".to_owned()); rows.len()];
+    /// Send every row without waiting for confirms; the returned [`Sent`] awaits them. Sending
+    /// stops at the first channel error (the rest fail with it).
+    pub async fn send(&self, rows: Vec<Claimed>) -> Sent {
+        let mut outcomes = vec![None; rows.len()];
         let mut pending = Vec::with_capacity(rows.len());
         for (i, row) in rows.iter().enumerate() {
             // AMQP short strings hold 255 bytes; lapin panics beyond, so check first.
@@ -104,9 +102,9 @@ impl Publisher {
                 ShortString::try_new(row.routing_key.as_str()),
                 properties(row),
             ) else {
-                outcomes[i] = Outcome::Failed(
+                outcomes[i] = Some(Outcome::Failed(
                     "invalid message: a name is longer than AMQP's 255-byte limit".to_owned(),
-                );
+                ));
                 continue;
             };
             let sent = self
@@ -127,29 +125,18 @@ impl Publisher {
                 Err(e) => {
                     let why = format!("publish failed: {e}");
                     for o in &mut outcomes[i..] {
-                        *o = Outcome::Failed(why.clone());
+                        *o = Some(Outcome::Failed(why.clone()));
                     }
                     break;
                 }
             }
         }
-        let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout(confirm_timeout, join_all(confirms)).await {
-            Ok(results) => {
-                for (i, r) in idx.into_iter().zip(results) {
-                    outcomes[i] = classify(r, &self.exchange, &rows[i].routing_key);
-                }
-            }
-            Err(_) => {
-                for i in idx {
-                    outcomes[i] = Outcome::Failed(format!(
-                        "no confirm from RabbitMQ within {}s",
-                        confirm_timeout.as_secs()
-                    ));
-                }
-            }
+        Sent {
+            rows,
+            outcomes,
+            pending,
+            exchange: self.exchange.clone(),
         }
-        outcomes
     }
 
     /// Close the channel and the connection cleanly (AMQP `connection.close`).
@@ -162,6 +149,50 @@ impl Publisher {
             let _ = self.conn.close(200, "postbox shutting down".into()).await;
         };
         let _ = tokio::time::timeout(Duration::from_secs(5), bye).await;
+    }
+}
+
+/// A batch on the wire: its rows and their confirms to await.
+pub struct Sent {
+    /// The rows, in publish order.
+    pub rows: Vec<Claimed>,
+    outcomes: Vec<Option<Outcome>>,
+    pending: Vec<(usize, PublisherConfirm)>,
+    exchange: String,
+}
+
+impl Sent {
+    /// Await every confirm (at most `timeout` in all); one outcome per row, in order.
+    ///
+    /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
+    /// error is a failed attempt; only an ack for a message that was not returned is success
+    /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
+    pub async fn confirm(self, timeout: Duration) -> (Vec<Claimed>, Vec<Outcome>) {
+        let Sent {
+            rows,
+            mut outcomes,
+            pending,
+            exchange,
+        } = self;
+        let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
+        match tokio::time::timeout(timeout, join_all(confirms)).await {
+            Ok(results) => {
+                for (i, r) in idx.into_iter().zip(results) {
+                    outcomes[i] = Some(classify(r, &exchange, &rows[i].routing_key));
+                }
+            }
+            Err(_) => {
+                let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
+                for i in idx {
+                    outcomes[i] = Some(Outcome::Failed(why.clone()));
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::Failed("not sent".to_owned())))
+            .collect();
+        (rows, outcomes)
     }
 }
 

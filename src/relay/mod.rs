@@ -11,15 +11,15 @@ use std::{
 
 use rand::Rng;
 use serde::Serialize;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::{
     config::{Config, RelayConfig},
-    outbox::{OutboxStore, Settlement, Store, now_micros},
+    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
 };
-pub use amqp::{Outcome, Publisher};
+pub use amqp::{Outcome, Publisher, Sent};
 
 /// What the relay knows about RabbitMQ, for `/readyz` and logs.
 #[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
@@ -88,13 +88,8 @@ pub struct Relay {
     wake: Arc<Notify>,
 }
 
-/// Why a round stopped the publish loop.
-enum RoundEnd {
-    /// Rows processed (0 = idle).
-    Done(usize),
-    /// The connection broke; reconnect.
-    Broken,
-}
+/// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
+pub const PIPELINE_DEPTH: usize = 4;
 
 impl Relay {
     /// A relay for this configuration.
@@ -111,20 +106,21 @@ impl Relay {
 
     /// Run until `token` is cancelled: connect, publish, reconnect with backoff.
     pub async fn run(self, token: CancellationToken) {
+        let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         while !token.is_cancelled() {
-            match Publisher::connect(&self.amqp_url, &self.exchange).await {
+            match Publisher::connect(&this.amqp_url, &this.exchange).await {
                 Ok(publisher) => {
                     backoff = Duration::from_millis(200);
-                    self.status.set(BrokerState::Connected, None);
-                    self.publish_loop(&publisher, &token).await;
+                    this.status.set(BrokerState::Connected, None);
+                    this.publish_loop(&publisher, &token).await;
                     publisher.close().await;
                     if !token.is_cancelled() {
                         metrics::counter!("postbox_broker_reconnects_total").increment(1);
                     }
                 }
                 Err(e) => {
-                    self.status
+                    this.status
                         .set(BrokerState::Unreachable, Some(format!("{e:#}")));
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
@@ -137,17 +133,29 @@ impl Relay {
         tracing::info!("relay stopped");
     }
 
-    async fn publish_loop(&self, publisher: &Publisher, token: &CancellationToken) {
+    /// Claim and send batches while earlier batches wait for their confirms (up to
+    /// [`PIPELINE_DEPTH`] batches in flight); a second task awaits confirms and settles, in
+    /// order. On shutdown or a broken connection, stop claiming and let the settler finish
+    /// every batch already sent, so no row is left unsettled.
+    async fn publish_loop(self: &Arc<Self>, publisher: &Publisher, token: &CancellationToken) {
+        let (tx, rx) = mpsc::channel::<Sent>(PIPELINE_DEPTH);
+        let broken = CancellationToken::new();
+        let settler = tokio::spawn({
+            let this = self.clone();
+            let broken = broken.clone();
+            async move { this.settle_loop(rx, broken).await }
+        });
+        let lease = self.cfg.confirm_timeout * 2 + Duration::from_secs(10);
         loop {
-            if token.is_cancelled() {
-                return;
+            if token.is_cancelled() || broken.is_cancelled() {
+                break;
             }
             if !publisher.is_usable() {
                 self.status.set(
                     BrokerState::Unreachable,
                     Some("connection to RabbitMQ lost".to_owned()),
                 );
-                return;
+                break;
             }
             if publisher.is_blocked() {
                 self.status.set(
@@ -164,16 +172,21 @@ impl Relay {
                 continue;
             }
             self.status.set(BrokerState::Connected, None);
-            match self.run_once(publisher).await {
-                Ok(RoundEnd::Done(0)) => {
+            match self.store.claim(self.cfg.batch, lease).await {
+                Ok(rows) if rows.is_empty() => {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.cfg.poll) => {}
                         () = token.cancelled() => {}
+                        () = broken.cancelled() => {}
                     }
                 }
-                Ok(RoundEnd::Done(_)) => {}
-                Ok(RoundEnd::Broken) => return,
+                Ok(rows) => {
+                    let sent = publisher.send(rows).await;
+                    if tx.send(sent).await.is_err() {
+                        break;
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "outbox unavailable to the relay; retrying");
                     tokio::select! {
@@ -183,27 +196,38 @@ impl Relay {
                 }
             }
         }
+        drop(tx);
+        if settler.await.is_err() {
+            tracing::error!("the relay's settle task panicked");
+        }
     }
 
-    /// One round: claim a batch, publish it, settle it. Never stops half-way, so a shutdown
-    /// between rounds leaves no row unsettled.
-    async fn run_once(&self, publisher: &Publisher) -> Result<RoundEnd, sqlx::Error> {
-        let lease = self.cfg.confirm_timeout * 2 + Duration::from_secs(10);
-        let rows = self.store.claim(self.cfg.batch, lease).await?;
-        if rows.is_empty() {
-            return Ok(RoundEnd::Done(0));
+    /// Await each sent batch's confirms in order and record the results.
+    async fn settle_loop(&self, mut rx: mpsc::Receiver<Sent>, broken: CancellationToken) {
+        while let Some(sent) = rx.recv().await {
+            let started = Instant::now();
+            let (rows, outcomes) = sent.confirm(self.cfg.confirm_timeout).await;
+            metrics::histogram!("postbox_confirm_wait_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let (settlements, connection_failed) = self.settlements(&rows, &outcomes);
+            if connection_failed {
+                broken.cancel();
+            }
+            if let Err(e) = self.settle(&settlements).await {
+                // The rows stay leased and are published again when the lease runs out: a
+                // duplicate, never a loss.
+                tracing::error!(error = %e, rows = rows.len(), "could not record publish results");
+            }
         }
-        let started = Instant::now();
-        let outcomes = publisher
-            .publish_batch(&rows, self.cfg.confirm_timeout)
-            .await;
-        metrics::histogram!("postbox_publish_batch_seconds")
-            .record(started.elapsed().as_secs_f64());
+    }
+
+    /// Turn outcomes into settlements (and metrics); also says whether the connection failed.
+    fn settlements(&self, rows: &[Claimed], outcomes: &[Outcome]) -> (Vec<Settlement>, bool) {
         let now = now_micros();
         let mut broken = false;
-        let settlements: Vec<Settlement> = rows
+        let settlements = rows
             .iter()
-            .zip(&outcomes)
+            .zip(outcomes)
             .map(|(row, outcome)| match outcome {
                 Outcome::Confirmed => {
                     metrics::counter!("postbox_published_total").increment(1);
@@ -212,12 +236,10 @@ impl Relay {
                     Settlement::Published { seq: row.seq }
                 }
                 Outcome::Failed(error) => {
-                    broken |= error.starts_with("connection lost")
-                        || error.starts_with("publish failed")
-                        || error.starts_with("no confirm");
+                    let reason = failure_reason(error);
+                    broken |= matches!(reason, "connection" | "timeout");
                     let attempts = row.attempts.saturating_add(1);
                     let dead = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
-                    let reason = failure_reason(error);
                     metrics::counter!("postbox_publish_failures_total", "reason" => reason)
                         .increment(1);
                     if dead {
@@ -229,18 +251,14 @@ impl Relay {
                         seq: row.seq,
                         attempts,
                         error: error.clone(),
-                        next_attempt_at: now + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
+                        next_attempt_at: now
+                            + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
                         dead,
                     }
                 }
             })
             .collect();
-        self.settle(&settlements).await?;
-        Ok(if broken {
-            RoundEnd::Broken
-        } else {
-            RoundEnd::Done(rows.len())
-        })
+        (settlements, broken)
     }
 
     /// Settle, retrying briefly: the broker has already confirmed these messages, so losing the
@@ -268,6 +286,8 @@ fn failure_reason(error: &str) -> &'static str {
         "nacked"
     } else if error.starts_with("no confirm") {
         "timeout"
+    } else if error.starts_with("invalid message") {
+        "invalid"
     } else {
         "connection"
     }

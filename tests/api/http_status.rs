@@ -228,6 +228,45 @@ async fn same_source_and_id_is_replayed() {
 }
 
 #[tokio::test]
+async fn batch_reusing_an_id_stores_none_of_its_events() {
+    let app = TestApp::spawn(Backend::Sqlite).await;
+    let first = app.post_json(&paid("pay-b", "/shop/checkout", "o-1")).await;
+    assert_eq!(first.status().as_u16(), 202);
+    // A batch with a new event and the old id with other content: all or nothing.
+    let batch = json!([
+        paid("pay-new", "/shop/checkout", "o-9"),
+        paid("pay-b", "/shop/checkout", "o-2")
+    ]);
+    assert_problem(app.post_json(&batch).await, 422, "idempotency-key-reused").await;
+    let (code, _) = app
+        .get_json("/v1/events/pay-new?source=%2Fshop%2Fcheckout")
+        .await;
+    assert_eq!(
+        code, 404,
+        "the new event of the rejected batch was not stored"
+    );
+    // A batch mixing a replay (same content) and a new event stores the new one only.
+    let batch = json!([
+        paid("pay-b", "/shop/checkout", "o-1"),
+        paid("pay-new", "/shop/checkout", "o-9")
+    ]);
+    let resp = app.post_json(&batch).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(header(&resp, "idempotent-replayed"), None);
+    let (code, body) = app
+        .get_json("/v1/events/pay-new?source=%2Fshop%2Fcheckout")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // The same batch again is a full replay.
+    let resp = app.post_json(&batch).await;
+    assert_eq!(resp.status().as_u16(), 202);
+    assert_eq!(
+        header(&resp, "idempotent-replayed").as_deref(),
+        Some("true")
+    );
+}
+
+#[tokio::test]
 async fn idempotency_key_header_is_replayed() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let key = [("idempotency-key", "checkout-42")];
