@@ -187,6 +187,7 @@ for step in 1 2 3 4 5; do
     $BENCH http --url "http://127.0.0.1:$PORT/v1/events" --n "$((BACKLOG / 500))" --batch 100 --concurrency 8 >/dev/null
     samples+=("$(( $(rss_kb "$PB_PID" VmRSS) / 1024 ))")
 done
+sleep 3 # the backlog gauge is refreshed every 2 s
 PENDING=$(curl -fsS "http://127.0.0.1:$PORT/readyz" | python3 -c "import json,sys; print(json.load(sys.stdin)['outbox']['pending'])")
 record "{\"row\":\"postbox sqlite, RSS with broker down\",\"rss_mb_start\":$((RSS0 / 1024)),\"rss_mb_samples\":\"${samples[*]}\",\"pending\":$PENDING}"
 stop_postbox

@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::{
-    SqlSafeStr,
     migrate::{Migration, MigrationType, Migrator},
-    postgres::{PgPool, PgPoolOptions},
+    postgres::{PgConnectOptions, PgPool, PgPoolOptions},
 };
 
 use super::{StoreResult, sql::shared_store_impl};
@@ -15,19 +14,27 @@ use super::{StoreResult, sql::shared_store_impl};
 /// PostgreSQL-backed outbox.
 #[derive(Clone)]
 pub struct PgStore {
+    /// Accepting events: durable commits (`synchronous_commit` as the server has it).
     pool: PgPool,
+    /// The relay's leases and settlements, with `synchronous_commit=off`: no WAL flush wait.
+    /// Losing one in a crash only publishes an event again, which at-least-once allows.
+    relay_pool: PgPool,
 }
 
 impl PgStore {
     /// Connect. The pool connects lazily, so postbox starts (and says so on `/readyz`) while the
     /// database is still coming up.
     pub async fn open(url: &str) -> anyhow::Result<PgStore> {
+        let opts: PgConnectOptions = url.parse().context("parsing the PostgreSQL URL")?;
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(12)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(url)
-            .context("parsing the PostgreSQL URL")?;
-        Ok(PgStore { pool })
+            .connect_lazy_with(opts.clone());
+        let relay_pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(opts.options([("synchronous_commit", "off")]));
+        Ok(PgStore { pool, relay_pool })
     }
 
     /// Begin the group commit's transaction (row locks are taken as rows are written).
@@ -37,13 +44,17 @@ impl PgStore {
 
     /// The migrations under `migrations/postgres/`, embedded in the binary.
     pub fn migrator() -> Migrator {
-        Migrator::with_migrations(vec![Migration::new(
+        let migrations = vec![Migration::new(
             1,
             "outbox".into(),
             MigrationType::Simple,
-            include_str!("../../migrations/postgres/0001_outbox.sql").into_sql_str(),
+            include_str!("../../migrations/postgres/0001_outbox.sql").into(),
             false,
-        )])
+        )];
+        Migrator {
+            migrations: migrations.into(),
+            ..Migrator::DEFAULT
+        }
     }
 }
 

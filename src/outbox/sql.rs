@@ -63,7 +63,7 @@ macro_rules! claimed_from_row {
 pub(crate) use claimed_from_row;
 
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
-/// `pool: sqlx::Pool<$db>` field, `migrator()`, `mark_published(tx, seqs, now)` and a
+/// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields, `migrator()`, `mark_published(tx, seqs, now)` and a
 /// `CLAIM_LOCK` clause appended to the claim's row selection.
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $name:literal) => {
@@ -110,11 +110,11 @@ macro_rules! shared_store_impl {
                     Self::CLAIM_LOCK,
                     $crate::outbox::sql::CLAIM_COLUMNS
                 );
-                let rows = sqlx::query(sqlx::AssertSqlSafe(q))
+                let rows = sqlx::query(q.as_str())
                     .bind(lease_until)
                     .bind(now)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&self.relay_pool)
                     .await?;
                 let mut claimed = Vec::with_capacity(rows.len());
                 for r in &rows {
@@ -137,7 +137,7 @@ macro_rules! shared_store_impl {
                         _ => None,
                     })
                     .collect();
-                let mut tx = self.pool.begin().await?;
+                let mut tx = self.relay_pool.begin().await?;
                 if !published.is_empty() {
                     Self::mark_published(&mut tx, &published, now).await?;
                 }
@@ -315,7 +315,7 @@ macro_rules! shared_store_impl {
                     "select {} from outbox where event_id = $1{filter} order by seq limit 20",
                     sql::RECORD_COLUMNS
                 );
-                let mut query = sqlx::query(sqlx::AssertSqlSafe(q)).bind(id);
+                let mut query = sqlx::query(q.as_str()).bind(id);
                 if let Some(source) = source {
                     query = query.bind(source);
                 }

@@ -5,7 +5,6 @@ use std::{path::Path, str::FromStr, time::Duration};
 
 use anyhow::Context;
 use sqlx::{
-    SqlSafeStr,
     migrate::{Migration, MigrationType, Migrator},
     sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -17,7 +16,11 @@ use super::{StoreResult, sql::shared_store_impl};
 /// SQLite-backed outbox.
 #[derive(Clone)]
 pub struct SqliteStore {
+    /// Accepting events: `synchronous=FULL`, a 202 survives a power cut.
     pool: SqlitePool,
+    /// The relay's leases and settlements: `synchronous=NORMAL` (no fsync per commit). Losing
+    /// one in a power cut only publishes an event again, which at-least-once allows.
+    relay_pool: SqlitePool,
 }
 
 impl SqliteStore {
@@ -36,10 +39,16 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts)
+            .connect_with(opts.clone())
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        Ok(SqliteStore { pool })
+        let relay_pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+            .await
+            .with_context(|| format!("opening SQLite database {}", path.display()))?;
+        Ok(SqliteStore { pool, relay_pool })
     }
 
     /// Begin the group commit's transaction holding the write lock (`BEGIN IMMEDIATE`). With a
@@ -54,20 +63,24 @@ impl SqliteStore {
     /// Release every lease (see [`super::Store::release_stale_leases`]).
     pub async fn release_leases(&self) -> StoreResult<()> {
         sqlx::query("update outbox set lease_until = null where lease_until is not null")
-            .execute(&self.pool)
+            .execute(&self.relay_pool)
             .await
             .map(|_| ())
     }
 
     /// The migrations under `migrations/sqlite/`, embedded in the binary.
     pub fn migrator() -> Migrator {
-        Migrator::with_migrations(vec![Migration::new(
+        let migrations = vec![Migration::new(
             1,
             "outbox".into(),
             MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0001_outbox.sql").into_sql_str(),
+            include_str!("../../migrations/sqlite/0001_outbox.sql").into(),
             false,
-        )])
+        )];
+        Migrator {
+            migrations: migrations.into(),
+            ..Migrator::DEFAULT
+        }
     }
 }
 

@@ -75,7 +75,7 @@ pub async fn fresh_pg_database() -> String {
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432 (scripts/test.sh starts it)");
     admin
-        .execute(sqlx::AssertSqlSafe(format!("create database {name}")))
+        .execute(format!("create database {name}").as_str())
         .await
         .expect("create database");
     admin.close().await;
@@ -340,7 +340,7 @@ pub async fn pg_admin(sql: String) {
     let admin = sqlx::PgPool::connect(PG_ADMIN_URL)
         .await
         .expect("PostgreSQL must be running on 127.0.0.1:5432");
-    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+    sqlx::query(sql.clone().as_str())
         .execute(&admin)
         .await
         .unwrap_or_else(|e| panic!("{sql}: {e}"));
