@@ -37,6 +37,11 @@ impl PgStore {
         Ok(PgStore { pool, relay_pool })
     }
 
+    /// PostgreSQL takes concurrent writers; nothing to wait for.
+    async fn serialize_writes(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        None
+    }
+
     /// Begin the group commit's transaction (row locks are taken as rows are written).
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
         self.pool.begin().await

@@ -110,6 +110,7 @@ macro_rules! shared_store_impl {
                     Self::CLAIM_LOCK,
                     $crate::outbox::sql::CLAIM_COLUMNS
                 );
+                let _serial = self.serialize_writes().await;
                 let rows = sqlx::query(q.as_str())
                     .bind(lease_until)
                     .bind(now)
@@ -137,6 +138,7 @@ macro_rules! shared_store_impl {
                         _ => None,
                     })
                     .collect();
+                let _serial = self.serialize_writes().await;
                 let mut tx = self.relay_pool.begin().await?;
                 if !published.is_empty() {
                     Self::mark_published(&mut tx, &published, now).await?;
@@ -165,6 +167,7 @@ macro_rules! shared_store_impl {
                 use $crate::outbox::{StoredRef, WriteOutcome, sql};
                 use sqlx::Row as _;
                 let now = $crate::outbox::now_micros();
+                let _serial = self.serialize_writes().await;
                 let mut tx = self.begin_write().await?;
                 // Idempotency-Key replays and reuses are settled before anything is written.
                 let mut outcomes: Vec<Option<WriteOutcome>> = Vec::with_capacity(reqs.len());
@@ -364,6 +367,7 @@ macro_rules! shared_store_impl {
 
             async fn prune_before(&self, before: i64, limit: u32) -> $crate::outbox::StoreResult<u64> {
                 use $crate::outbox::sql;
+                let _serial = self.serialize_writes().await;
                 let rows = sqlx::query(sql::PRUNE_ROWS)
                     .bind(before)
                     .bind(i64::from(limit))

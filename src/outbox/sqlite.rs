@@ -21,6 +21,9 @@ pub struct SqliteStore {
     /// The relay's leases and settlements: `synchronous=NORMAL` (no fsync per commit). Losing
     /// one in a power cut only publishes an event again, which at-least-once allows.
     relay_pool: SqlitePool,
+    /// SQLite has one writer at a time. Taking turns here, instead of in SQLite's busy handler
+    /// (which sleeps in steps of up to 100 ms), keeps commit latency flat under load.
+    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl SqliteStore {
@@ -48,7 +51,11 @@ impl SqliteStore {
             .connect_with(opts.synchronous(SqliteSynchronous::Normal))
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        Ok(SqliteStore { pool, relay_pool })
+        Ok(SqliteStore {
+            pool,
+            relay_pool,
+            writes: Default::default(),
+        })
     }
 
     /// Begin the group commit's transaction holding the write lock (`BEGIN IMMEDIATE`). With a
@@ -58,6 +65,11 @@ impl SqliteStore {
     /// and the snapshot may be stale), which answered 503 instead of waiting `busy_timeout`.
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
         self.pool.begin_with("begin immediate").await
+    }
+
+    /// Wait for this process's turn to write.
+    async fn serialize_writes(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        Some(self.writes.lock().await)
     }
 
     /// Release every lease (see [`super::Store::release_stale_leases`]).
