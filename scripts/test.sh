@@ -174,4 +174,13 @@ fi
 section "cargo test --all-targets (unit tests and tests/api against PostgreSQL and RabbitMQ)"
 cargo test --all-targets "$@"
 
+if [[ $# -eq 0 ]]; then
+    section "real clients: CloudEvents SDKs (Python, Node), examples, Swagger UI in Chromium"
+    bash scripts/client-tests.sh
+
+    section "Schemathesis against openapi/openapi.json and a live postbox (bounded)"
+    MAX_EXAMPLES="${SCHEMATHESIS_EXAMPLES:-20}" TIME_LIMIT="${SCHEMATHESIS_SECONDS:-600}" \
+        bash scripts/schemathesis.sh
+fi
+
 section "all checks passed"

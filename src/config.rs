@@ -104,6 +104,27 @@ pub struct Settings {
     /// Log format: `pretty` or `json`. [default: pretty]
     #[arg(long, env = "POSTBOX_LOG_FORMAT")]
     pub log_format: Option<String>,
+
+    /// Milliseconds a client has to send a request's headers (also how long an idle keep-alive
+    /// connection stays open); then the connection is closed. [default: 10000]
+    #[arg(long, env = "POSTBOX_HEADER_TIMEOUT_MS")]
+    pub header_timeout_ms: Option<u64>,
+
+    /// Milliseconds a client has to send the whole request body; a slower (or stalled) client
+    /// gets 408 and the connection is closed. [default: 30000]
+    #[arg(long, env = "POSTBOX_BODY_TIMEOUT_MS")]
+    pub body_timeout_ms: Option<u64>,
+
+    /// Milliseconds a request may take in all; then 503 `request-timeout` with `Retry-After`.
+    /// Events of a timed-out request may still have been committed: retry with the same id or
+    /// `Idempotency-Key` and the answer is a replay. [default: 60000]
+    #[arg(long, env = "POSTBOX_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Requests handled at once (health, readiness and metrics excepted); beyond it postbox
+    /// answers 503 `overloaded` with `Retry-After` at once. [default: 1024]
+    #[arg(long, env = "POSTBOX_MAX_IN_FLIGHT")]
+    pub max_in_flight: Option<usize>,
 }
 
 impl Settings {
@@ -135,6 +156,10 @@ impl Settings {
             migrate_on_start,
             shutdown_grace_secs,
             log_format,
+            header_timeout_ms,
+            body_timeout_ms,
+            request_timeout_ms,
+            max_in_flight,
         )
     }
 
@@ -231,6 +256,14 @@ pub struct Limits {
     pub max_batch_events: usize,
     /// Max pending events before 503 (0 = unlimited).
     pub max_backlog: u64,
+    /// Time to receive a request's headers.
+    pub header_timeout: Duration,
+    /// Time to receive a request's body.
+    pub body_timeout: Duration,
+    /// Time for the whole request.
+    pub request_timeout: Duration,
+    /// Requests handled at once.
+    pub max_in_flight: usize,
 }
 
 impl Config {
@@ -299,6 +332,12 @@ impl Config {
                 max_body_bytes: s.max_body_bytes.unwrap_or(1024 * 1024),
                 max_batch_events: s.max_batch_events.unwrap_or(1000).max(1),
                 max_backlog: s.max_backlog.unwrap_or(0),
+                header_timeout: Duration::from_millis(s.header_timeout_ms.unwrap_or(10_000).max(1)),
+                body_timeout: Duration::from_millis(s.body_timeout_ms.unwrap_or(30_000).max(1)),
+                request_timeout: Duration::from_millis(
+                    s.request_timeout_ms.unwrap_or(60_000).max(1),
+                ),
+                max_in_flight: s.max_in_flight.unwrap_or(1024).max(1),
             },
             writer_queue,
             writer_batch,

@@ -20,6 +20,13 @@ pub const MAX_TYPE_LEN: usize = 128;
 pub const MAX_SOURCE_LEN: usize = 256;
 /// Longest accepted `subject` or ordering `key`.
 pub const MAX_TEXT_LEN: usize = 256;
+/// Longest accepted `dataschema` or `datacontenttype`.
+pub const MAX_URI_LEN: usize = 2048;
+/// Longest accepted string value of an extension attribute (they become AMQP headers, and a
+/// message's headers must fit in one AMQP frame).
+pub const MAX_EXTENSION_LEN: usize = 1024;
+/// Most extension attributes on one event (same reason).
+pub const MAX_EXTENSIONS: usize = 32;
 /// Source recorded for native events that do not name one.
 pub const DEFAULT_SOURCE: &str = "postbox";
 
@@ -131,7 +138,9 @@ pub fn mode(headers: &HeaderMap) -> Result<Mode, ParseError> {
         .trim()
         .to_ascii_lowercase();
     if headers.contains_key("ce-specversion") {
-        return if is_json(&essence) {
+        // An event without `datacontenttype` has no Content-Type in binary mode (the SDKs send
+        // none); postbox reads JSON data only, so that is JSON.
+        return if essence.is_empty() || is_json(&essence) {
             Ok(Mode::Binary)
         } else {
             Err(ParseError::UnsupportedMediaType(format!(
@@ -173,7 +182,7 @@ pub fn parse(
             return Err(invalid("", "request body is empty; send a JSON event"));
         }
     } else {
-        serde_json::from_slice(body).map_err(|e| invalid("", format!("malformed JSON: {e}")))?
+        strict::from_slice(body)?
     };
     let now = OffsetDateTime::now_utc();
     match (mode, value) {
@@ -354,7 +363,17 @@ fn from_cloudevent(
     if let Some(ct) = ce.get("datacontenttype") {
         let ok = ct
             .as_str()
-            .map(|s| is_json(s.split(';').next().unwrap_or("").trim()))
+            .filter(|s| s.len() <= MAX_URI_LEN && no_control(s))
+            .map(|s| {
+                is_json(
+                    s.split(';')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_ascii_lowercase()
+                        .as_str(),
+                )
+            })
             .unwrap_or(false);
         if !ok {
             errs.push(
@@ -375,23 +394,34 @@ fn from_cloudevent(
         check_dataschema,
     );
     let mut key = None;
+    let mut extensions = 0;
     for (name, value) in &ce {
         if CE_CORE.contains(&name.as_str()) {
             continue;
         }
+        extensions += 1;
+        let field = escape_pointer(name);
         if !valid_extension_name(name) {
             errs.push(
-                name,
+                &field,
                 "CloudEvents extension names are 1-20 lowercase letters or digits",
             );
         } else if !(value.is_string() || value.is_boolean() || value.is_i64() || value.is_u64()) {
             errs.push(
-                name,
+                &field,
                 "extension values must be strings, booleans or integers",
             );
         } else if name == "partitionkey" {
             key = errs.optional(Some(value.clone()), name, check_text);
+        } else if let Some(Err(msg)) = value.as_str().map(check_extension_value) {
+            errs.push(&field, msg);
         }
+    }
+    if extensions > MAX_EXTENSIONS {
+        errs.push(
+            "",
+            format!("an event may carry at most {MAX_EXTENSIONS} extension attributes"),
+        );
     }
     let (event_type, version) = match &ce_type {
         Some(t) => split_version(t, schema_version.as_deref(), &mut errs),
@@ -457,6 +487,7 @@ fn from_binary(headers: &HeaderMap, data: Value, now: OffsetDateTime) -> Result<
                 .map(|mut f| {
                     if let Some(attr) = f.pointer.strip_prefix('/') {
                         if attr != "data" {
+                            let attr = attr.replace("~1", "/").replace("~0", "~");
                             f.pointer = format!("header:ce-{attr}");
                         } else {
                             f.pointer = String::new();
@@ -477,6 +508,10 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         if bytes[i] == b'%' {
             let hex = bytes.get(i + 1..i + 3)?;
+            // from_str_radix alone would take a sign ("%+1").
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
             let hex = std::str::from_utf8(hex).ok()?;
             out.push(u8::from_str_radix(hex, 16).ok()?);
             i += 3;
@@ -550,9 +585,14 @@ impl Errors {
         }
     }
 
+    /// `field` is a JSON pointer token (already escaped); "" means the event itself.
     fn push(&mut self, field: &str, msg: impl Into<String>) {
-        self.list
-            .push(FieldError::new(format!("{}/{field}", self.ptr), msg));
+        let pointer = if field.is_empty() {
+            self.ptr.clone()
+        } else {
+            format!("{}/{field}", self.ptr)
+        };
+        self.list.push(FieldError::new(pointer, msg));
     }
 
     fn push_header(&mut self, header: &str, msg: impl Into<String>) {
@@ -649,6 +689,10 @@ fn check_id(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > MAX_ID_LEN {
         return Err(format!("`id` must be 1-{MAX_ID_LEN} characters"));
     }
+    if s == "." || s == ".." {
+        // It is a path segment of /v1/events/{id}; dot segments would be resolved away.
+        return Err("`id` must not be `.` or `..`".into());
+    }
     if s.bytes()
         .all(|b| b.is_ascii_alphanumeric() || b"-._~:@+=".contains(&b))
     {
@@ -682,6 +726,16 @@ fn check_text(s: &str) -> Result<String, String> {
     }
 }
 
+fn check_extension_value(s: &str) -> Result<(), String> {
+    if s.len() > MAX_EXTENSION_LEN || !no_control(s) {
+        Err(format!(
+            "extension values must be at most {MAX_EXTENSION_LEN} bytes without control characters"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 fn check_time(s: &str) -> Result<OffsetDateTime, String> {
     OffsetDateTime::parse(s, &Rfc3339)
         .map_err(|_| "`time` must be an RFC 3339 timestamp, e.g. 2026-11-26T12:00:00Z".to_owned())
@@ -689,6 +743,11 @@ fn check_time(s: &str) -> Result<OffsetDateTime, String> {
 
 /// `dataschema` → version: its last path segment (with or without `.json`) must be `vN`.
 fn check_dataschema(s: &str) -> Result<String, String> {
+    if s.len() > MAX_URI_LEN || !no_control(s) {
+        return Err(format!(
+            "`dataschema` must be a URI of at most {MAX_URI_LEN} characters without control characters"
+        ));
+    }
     let path = s.split(['?', '#']).next().unwrap_or("");
     let last = path.rsplit('/').next().unwrap_or("");
     let last = last.strip_suffix(".json").unwrap_or(last);
@@ -697,6 +756,126 @@ fn check_dataschema(s: &str) -> Result<String, String> {
         Err(_) => Err(
             "`dataschema` must end in the schema version, e.g. http://postbox/v1/schemas/order.paid/v1".into(),
         ),
+    }
+}
+
+/// A JSON pointer token (RFC 6901 §3: `~` → `~0`, `/` → `~1`).
+pub fn escape_pointer(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// JSON parsing that refuses duplicate object keys. RFC 8259 §4 leaves their meaning open and
+/// parsers disagree (serde_json keeps the last, others the first), so a body with two `type`s
+/// or two `data.amount`s could mean one thing to postbox and another to whoever re-reads it;
+/// postbox refuses the ambiguity with a 400 pointing at the second occurrence. Nesting depth is
+/// bounded by serde_json's recursion limit (128), which also answers 400.
+mod strict {
+    use std::cell::RefCell;
+
+    use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+    use serde_json::{Map, Number, Value};
+
+    use super::{ParseError, escape_pointer, invalid};
+
+    pub(super) fn from_slice(body: &[u8]) -> Result<Value, ParseError> {
+        let path = RefCell::new(Vec::new());
+        let duplicate = RefCell::new(None);
+        let mut de = serde_json::Deserializer::from_slice(body);
+        let seed = Strict {
+            path: &path,
+            duplicate: &duplicate,
+        };
+        let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+        parsed.map_err(|e| match duplicate.take() {
+            Some((pointer, key)) => invalid(
+                &pointer,
+                format!("duplicate key `{key}`; every key may appear once per object"),
+            ),
+            None => invalid("", format!("malformed JSON: {e}")),
+        })
+    }
+
+    #[derive(Clone, Copy)]
+    struct Strict<'a> {
+        /// Pointer tokens of the value being read.
+        path: &'a RefCell<Vec<String>>,
+        /// Set when a duplicate key is found: (its pointer, the key).
+        duplicate: &'a RefCell<Option<(String, String)>>,
+    }
+
+    impl<'de> DeserializeSeed<'de> for Strict<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Strict<'_> {
+        type Value = Value;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::Number(v.into()))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            self.deserialize(d)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut out = Vec::new();
+            loop {
+                self.path.borrow_mut().push(out.len().to_string());
+                let next = seq.next_element_seed(self);
+                self.path.borrow_mut().pop();
+                match next? {
+                    Some(v) => out.push(v),
+                    None => return Ok(Value::Array(out)),
+                }
+            }
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                let token = escape_pointer(&key);
+                if out.contains_key(&key) {
+                    let mut pointer = String::new();
+                    for t in self.path.borrow().iter().chain(std::iter::once(&token)) {
+                        pointer.push('/');
+                        pointer.push_str(t);
+                    }
+                    let msg = format!("duplicate key `{key}`");
+                    *self.duplicate.borrow_mut() = Some((pointer, key));
+                    return Err(de::Error::custom(msg));
+                }
+                self.path.borrow_mut().push(token);
+                let value = map.next_value_seed(self);
+                self.path.borrow_mut().pop();
+                out.insert(key, value?);
+            }
+            Ok(Value::Object(out))
+        }
     }
 }
 
@@ -802,6 +981,12 @@ mod tests {
         assert_eq!(ev[0].source, "/my src");
         assert_eq!(ev[0].key.as_deref(), Some("cust-1"));
         assert_eq!(ev[0].data()["x"], 1);
+        h.remove("content-type");
+        assert_eq!(
+            mode(&h).unwrap(),
+            Mode::Binary,
+            "no Content-Type in binary mode is JSON"
+        );
         h.remove("ce-id");
         let err = parse(Mode::Binary, &h, b"{}", &ctx()).unwrap_err();
         assert_eq!(pointers(err), vec!["header:ce-id"]);
@@ -835,6 +1020,78 @@ mod tests {
             HeaderValue::from_static("application/cloudevents-batch+json; charset=utf-8"),
         );
         assert_eq!(mode(&h).unwrap(), Mode::Batch);
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused_with_their_pointer() {
+        let err = parse_json(r#"{"type":"a","version":"v1","type":"b","data":1}"#).unwrap_err();
+        assert_eq!(pointers(err), vec!["/type"]);
+        let err =
+            parse_json(r#"[{"type":"a","version":"v1","data":{"x/y":1,"x/y":2}}]"#).unwrap_err();
+        assert_eq!(pointers(err), vec!["/0/data/x~1y"]);
+        // Same key in different objects is fine.
+        assert!(
+            parse_json(r#"{"type":"a","version":"v1","data":{"a":{"x":1},"b":{"x":1}}}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_a_400_not_a_stack_overflow() {
+        let deep = "[".repeat(100_000);
+        assert_eq!(pointers(parse_json(&deep).unwrap_err()), vec![""]);
+        let body = format!(
+            r#"{{"type":"a","version":"v1","data":{}1{}}}"#,
+            "[".repeat(5000),
+            "]".repeat(5000)
+        );
+        assert_eq!(pointers(parse_json(&body).unwrap_err()), vec![""]);
+    }
+
+    #[test]
+    fn hostile_strings_are_refused_where_they_matter() {
+        for (body, ptr) in [
+            (r#"{"type":"a.*","version":"v1","data":1}"#, "/type"),
+            (r#"{"type":"a..b","version":"v1","data":1}"#, "/type"),
+            (r#"{"type":"a/b","version":"v1","data":1}"#, "/type"),
+            (r#"{"type":"a","version":"v#","data":1}"#, "/version"),
+            (r#"{"type":"a","version":"v1","data":1,"id":".."}"#, "/id"),
+            (r#"{"type":"a","version":"v1","data":1,"id":"a/b"}"#, "/id"),
+            (
+                r#"{"type":"a","version":"v1","data":1,"source":"a\u0000"}"#,
+                "/source",
+            ),
+            (
+                r#"{"type":"a","version":"v1","data":1,"key":"\u001b[2J"}"#,
+                "/key",
+            ),
+            (
+                r#"{"type":"a","version":"v1","data":1,"subject":"a\nb"}"#,
+                "/subject",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"a.v1","ext":"a\u0000"}"#,
+                "/ext",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"a.v1","a/b":"x"}"#,
+                "/a~1b",
+            ),
+            (
+                r#"{"specversion":"1.0","id":"1","source":"/s","type":"a.v1","dataschema":"v1\u0000/v1"}"#,
+                "/dataschema",
+            ),
+        ] {
+            assert_eq!(pointers(parse_json(body).unwrap_err()), vec![ptr], "{body}");
+        }
+        // Control characters are fine inside data.
+        assert!(parse_json(r#"{"type":"a","version":"v1","data":"\u0000"}"#).is_ok());
+    }
+
+    #[test]
+    fn percent_decoding_wants_two_hex_digits() {
+        assert_eq!(percent_decode("a%20b").as_deref(), Some("a b"));
+        assert_eq!(percent_decode("%+1"), None);
+        assert_eq!(percent_decode("%2"), None);
     }
 
     #[test]

@@ -121,6 +121,15 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// The client did not send the request body in time (408).
+    #[error("{0}")]
+    BodyTimeout(String),
+    /// The request took longer than the request timeout (503); it may have been committed.
+    #[error("{0}")]
+    Timeout(String),
+    /// Too many requests in flight (503); nothing was done.
+    #[error("{0}")]
+    Overloaded(String),
     /// A bug or an unexpected failure; logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -188,6 +197,21 @@ impl ApiError {
                 "outbox-unavailable",
                 "The outbox cannot accept events right now",
             ),
+            BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                "The request body was not received in time",
+            ),
+            Timeout(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request-timeout",
+                "The request took too long",
+            ),
+            Overloaded(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "Too many requests in flight",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -234,20 +258,47 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(e) = &self {
             tracing::error!(error = ?e, "request failed");
         } else {
-            tracing::info!(status = self.status().as_u16(), reason = self.reason(), detail = %self, "request rejected");
+            let detail = self.to_string();
+            let detail = log_safe(&detail);
+            tracing::info!(status = self.status().as_u16(), reason = self.reason(), detail = %detail, "request rejected");
         }
         metrics::counter!("postbox_http_rejected_total", "reason" => self.reason()).increment(1);
         let retry_after = match &self {
             ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
-            ApiError::Conflict(_) => Some(1),
+            ApiError::Conflict(_) | ApiError::Timeout(_) | ApiError::Overloaded(_) => Some(1),
             _ => None,
         };
+        let close = matches!(self, ApiError::BodyTimeout(_));
         let mut resp = problem_response(self.status(), &self.problem());
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
+        if close {
+            // The rest of the body is still on the wire: the connection cannot be reused.
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
+    }
+}
+
+/// Details may quote what the client sent (an id from the path, a JSON key): escape control
+/// characters so that no client can forge log lines (CR/LF) or terminal escapes.
+fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        s.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        s.into()
     }
 }
 
@@ -323,6 +374,15 @@ mod tests {
         assert_eq!(p.errors[0].index(), Some(3));
         let v = serde_json::to_value(&p).unwrap();
         assert!(v.get("available_versions").is_none());
+    }
+
+    #[test]
+    fn log_lines_cannot_be_forged() {
+        assert_eq!(
+            log_safe("no event with id `a\nb\u{1b}[2J`"),
+            "no event with id `a\\nb\\u{1b}[2J`"
+        );
+        assert!(matches!(log_safe("plain"), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

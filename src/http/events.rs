@@ -123,6 +123,16 @@ pub struct AcceptedBatch {
     pub events: Vec<Accepted>,
 }
 
+/// Answer to `POST /v1/events`: one event, or `{"events": [...]}` for a batch.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AcceptedResponse {
+    /// A single event.
+    One(Accepted),
+    /// A batch (a JSON array of events, even of one).
+    Batch(AcceptedBatch),
+}
+
 /// Send one event or a batch.
 ///
 /// Answers 202 only after the events are committed to the outbox; the relay then publishes them
@@ -145,11 +155,13 @@ pub struct AcceptedBatch {
         )
     ),
     responses(
-        (status = 202, description = "Stored in the outbox (or already stored with the same content: then `Idempotent-Replayed: true`). A batch answers `{\"events\": [...]}` in request order.", body = Accepted,
+        (status = 202, description = "Stored in the outbox (or already stored with the same content: then `Idempotent-Replayed: true`). A batch answers `{\"events\": [...]}` in request order.", body = AcceptedResponse,
             headers(("Location" = String, description = "`/v1/events/{id}` of a single event"), ("Idempotent-Replayed" = String, description = "`true` when nothing new was stored")),
             example = json!({"id": "0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11", "source": "postbox", "location": "/v1/events/0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11"})),
         (status = 400, description = "Malformed JSON or envelope; `errors` lists every problem.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/invalid-request", "title": "The request is malformed", "status": 400, "detail": "1 error; first: /version: `version` is required", "errors": [{"pointer": "/version", "message": "`version` is required"}]})),
+        (status = 408, description = "The request body did not arrive within the body timeout (`body_timeout_ms`); nothing was stored and the connection is closed.", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/body-timeout", "title": "The request body was not received in time", "status": 408, "detail": "the request body did not arrive within 30000 ms"})),
         (status = 409, description = "A request with the same key is being committed right now; retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/request-in-progress", "title": "A request with this key is in progress", "status": 409, "detail": "a request with the same idempotency key or event id is being committed; retry shortly"})),
         (status = 413, description = "Body (after decompression) or batch over the limit.", body = Problem, content_type = "application/problem+json",
@@ -158,7 +170,7 @@ pub struct AcceptedBatch {
             example = json!({"type": "/problems/unsupported-media-type", "title": "Unsupported content type", "status": 415, "detail": "unsupported Content-Type `text/plain`; send application/json, application/cloudevents+json or application/cloudevents-batch+json"})),
         (status = 422, description = "Unknown type/version (naming the versions that exist), data that fails its schema (every violation with its pointer), or a key reused with different content.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/schema-violation", "title": "Event data does not match its schema", "status": 422, "detail": "2 schema violations; first: /data/amount: -5 is less than the minimum of 0", "errors": [{"pointer": "/data/amount", "message": "-5 is less than the minimum of 0"}, {"pointer": "/data", "message": "\"currency\" is a required property"}]})),
-        (status = 503, description = "The outbox cannot take events now (database unreachable or backlog limit); nothing was stored. Retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
+        (status = 503, description = "The outbox cannot take events now (`outbox-unavailable`: database unreachable or backlog limit; nothing was stored), postbox is at its `max_in_flight` limit (`overloaded`; nothing was done), or the request took longer than `request_timeout_ms` (`request-timeout`: the events may have been stored; a retry with the same event id or `Idempotency-Key` answers as a replay). Retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait")),
             example = json!({"type": "/problems/outbox-unavailable", "title": "The outbox cannot accept events right now", "status": 503, "detail": "the outbox database is unavailable; nothing was stored"})),
     )
@@ -168,8 +180,15 @@ pub async fn post_events(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let limit = state.config().limits.max_body_bytes;
-    let bytes = read_body(body, limit).await?;
+    let limits = &state.config().limits;
+    let bytes = tokio::time::timeout(limits.body_timeout, read_body(body, limits.max_body_bytes))
+        .await
+        .map_err(|_| {
+            ApiError::BodyTimeout(format!(
+                "the request body did not arrive within {} ms",
+                limits.body_timeout.as_millis()
+            ))
+        })??;
     let mode = envelope::mode(&headers)?;
     let ctx = ParseContext {
         public_url: &state.config().public_url,
@@ -252,16 +271,25 @@ fn accepted(refs: Vec<StoredRef>, replayed: bool, is_batch: bool) -> Response {
             source: r.source,
         })
         .collect();
-    let mut resp = if is_batch {
-        (StatusCode::ACCEPTED, Json(AcceptedBatch { events: list })).into_response()
+    let one = if is_batch || list.len() != 1 {
+        None
     } else {
-        let one = list.pop();
-        let loc = one.as_ref().map(|a| a.location.clone()).unwrap_or_default();
-        let mut r = (StatusCode::ACCEPTED, Json(one)).into_response();
-        if let Ok(v) = HeaderValue::from_str(&loc) {
-            r.headers_mut().insert(header::LOCATION, v);
+        list.pop()
+    };
+    let mut resp = match one {
+        None => (
+            StatusCode::ACCEPTED,
+            Json(AcceptedResponse::Batch(AcceptedBatch { events: list })),
+        )
+            .into_response(),
+        Some(one) => {
+            let loc = one.location.clone();
+            let mut r = (StatusCode::ACCEPTED, Json(AcceptedResponse::One(one))).into_response();
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                r.headers_mut().insert(header::LOCATION, v);
+            }
+            r
         }
-        r
     };
     if replayed {
         resp.headers_mut()

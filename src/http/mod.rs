@@ -1,9 +1,11 @@
 //! HTTP API: shared state, the router (each module registers its own routes with utoipa), the
 //! OpenAPI document, and the middleware every route shares.
 
+pub mod admin;
 pub mod docs;
 pub mod events;
 pub mod health;
+pub mod limits;
 pub mod schemas;
 
 use std::{
@@ -172,6 +174,7 @@ pub struct ApiDoc;
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(events::routes())
+        .merge(admin::routes())
         .merge(schemas::routes())
         .merge(health::routes())
         .split_for_parts()
@@ -188,6 +191,9 @@ pub fn openapi_json() -> String {
 /// The complete application.
 pub fn router(state: AppState) -> Router {
     let (routes, doc) = api();
+    let limits = &state.config().limits;
+    let in_flight = limits::InFlightLimit::new(limits.max_in_flight);
+    let timeout = limits.request_timeout;
     routes
         .merge(docs::routes(doc))
         .fallback(not_found)
@@ -199,6 +205,14 @@ pub fn router(state: AppState) -> Router {
                 .no_br()
                 .no_zstd(),
         )
+        .layer(middleware::from_fn_with_state(
+            timeout,
+            limits::request_timeout,
+        ))
+        .layer(middleware::from_fn_with_state(
+            in_flight,
+            limits::limit_in_flight,
+        ))
         .layer(middleware::from_fn(record_http))
         .with_state(state)
 }
@@ -237,13 +251,13 @@ async fn record_http(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Serve until `token` is cancelled, then finish in-flight requests.
+/// Serve until `token` is cancelled, then finish in-flight requests (with the header read
+/// timeout and the other limits of [`limits`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     token: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(token.cancelled_owned())
-        .await
+    let limits = state.config().limits.clone();
+    limits::serve(listener, router(state), &limits, token).await
 }

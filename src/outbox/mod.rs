@@ -24,7 +24,7 @@ pub use sqlite::SqliteStore;
 pub type StoreResult<T> = Result<T, sqlx::Error>;
 
 /// Delivery state of an outbox row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     /// Stored, not yet confirmed by RabbitMQ.
@@ -264,6 +264,32 @@ pub trait OutboxStore: Send + Sync {
     fn stats(&self) -> impl Future<Output = StoreResult<Stats>> + Send;
     /// Delete up to `limit` published rows and idempotency keys older than `before`.
     fn prune(&self, before: i64, limit: u32) -> impl Future<Output = StoreResult<u64>> + Send;
+    /// Up to `limit` events with `status`, after the cursor `after` (a `seq`), oldest first.
+    fn list(
+        &self,
+        status: Status,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<Vec<(i64, EventRecord)>>> + Send;
+    /// Make events pending again with fresh attempts; returns how many.
+    fn redeliver(&self, target: Redeliver<'_>) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
+/// Which events to send again.
+#[derive(Debug, Clone, Copy)]
+pub enum Redeliver<'a> {
+    /// One event (dead or published).
+    One {
+        /// Event id.
+        id: &'a str,
+        /// Event source.
+        source: &'a str,
+    },
+    /// Every dead event, optionally of one type.
+    AllDead {
+        /// Only this type.
+        event_type: Option<&'a str>,
+    },
 }
 
 /// The configured backend.
@@ -336,6 +362,17 @@ impl OutboxStore for Store {
     }
     async fn prune(&self, before: i64, limit: u32) -> StoreResult<u64> {
         delegate!(self, s => s.prune(before, limit).await)
+    }
+    async fn list(
+        &self,
+        status: Status,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, EventRecord)>> {
+        delegate!(self, s => s.list(status, after, limit).await)
+    }
+    async fn redeliver(&self, target: Redeliver<'_>) -> StoreResult<u64> {
+        delegate!(self, s => s.redeliver(target).await)
     }
 }
 

@@ -95,6 +95,10 @@ macro_rules! shared_store_impl {
                 self.find_events(id, source).await
             }
 
+            /// Due, unleased rows in commit order. A keyed row is taken only when it is the
+            /// oldest pending row of its key, so events with one key are published one at a
+            /// time, in commit order, across retries and instances; a failing event holds back
+            /// only its own key. (A dead event no longer holds its key back.)
             async fn claim(
                 &self,
                 limit: u32,
@@ -104,8 +108,12 @@ macro_rules! shared_store_impl {
                 let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
                 let q = format!(
                     "update outbox set lease_until = $1 where seq in \
-                     (select seq from outbox where status = 'pending' and next_attempt_at <= $2 \
-                      and (lease_until is null or lease_until < $2) order by seq limit $3 {}) \
+                     (select o.seq from outbox o where o.status = 'pending' \
+                      and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) \
+                      and (o.ordering_key is null or not exists \
+                        (select 1 from outbox p where p.ordering_key = o.ordering_key \
+                         and p.status = 'pending' and p.seq < o.seq)) \
+                      order by o.seq limit $3 {}) \
                      returning {}",
                     Self::CLAIM_LOCK,
                     $crate::outbox::sql::CLAIM_COLUMNS
@@ -149,6 +157,22 @@ macro_rules! shared_store_impl {
 
             async fn stats(&self) -> $crate::outbox::StoreResult<$crate::outbox::Stats> {
                 self.backlog_stats().await
+            }
+
+            async fn list(
+                &self,
+                status: $crate::outbox::Status,
+                after: i64,
+                limit: u32,
+            ) -> $crate::outbox::StoreResult<Vec<(i64, $crate::outbox::EventRecord)>> {
+                self.list_events(status, after, limit).await
+            }
+
+            async fn redeliver(
+                &self,
+                target: $crate::outbox::Redeliver<'_>,
+            ) -> $crate::outbox::StoreResult<u64> {
+                self.redeliver_events(target).await
             }
 
             async fn prune(&self, before: i64, limit: u32) -> $crate::outbox::StoreResult<u64> {
@@ -311,8 +335,7 @@ macro_rules! shared_store_impl {
                 id: &str,
                 source: Option<&str>,
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::EventRecord>> {
-                use $crate::outbox::{EventRecord, Status, from_micros, sql};
-                use sqlx::Row as _;
+                use $crate::outbox::sql;
                 let filter = if source.is_some() { " and source = $2" } else { "" };
                 let q = format!(
                     "select {} from outbox where event_id = $1{filter} order by seq limit 20",
@@ -323,34 +346,85 @@ macro_rules! shared_store_impl {
                     query = query.bind(source);
                 }
                 let rows = query.fetch_all(&self.pool).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let status: String = r.try_get("status")?;
-                    let status = Status::parse(&status);
-                    let body: Vec<u8> = r.try_get("body")?;
-                    let next: i64 = r.try_get("next_attempt_at")?;
-                    out.push(EventRecord {
-                        id: r.try_get("event_id")?,
-                        source: r.try_get("source")?,
-                        event_type: r.try_get("event_type")?,
-                        version: r.try_get("version")?,
-                        subject: r.try_get("subject")?,
-                        key: r.try_get("ordering_key")?,
-                        routing_key: r.try_get("routing_key")?,
-                        status,
-                        attempts: r.try_get("attempts")?,
-                        last_error: r.try_get("last_error")?,
-                        time: from_micros(r.try_get("event_time")?),
-                        created_at: from_micros(r.try_get("created_at")?),
-                        updated_at: from_micros(r.try_get("updated_at")?),
-                        next_attempt_at: (status == Status::Pending).then(|| from_micros(next)),
-                        published_at: r
-                            .try_get::<Option<i64>, _>("published_at")?
-                            .map(from_micros),
-                        event: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                    });
-                }
-                Ok(out)
+                rows.iter().map(|r| Self::record(r)).collect()
+            }
+
+            /// Decode a row of [`sql::RECORD_COLUMNS`](crate::outbox::sql::RECORD_COLUMNS).
+            fn record(
+                r: &<$db as sqlx::Database>::Row,
+            ) -> $crate::outbox::StoreResult<$crate::outbox::EventRecord> {
+                use $crate::outbox::{EventRecord, Status, from_micros};
+                use sqlx::Row as _;
+                let status: String = r.try_get("status")?;
+                let status = Status::parse(&status);
+                let body: Vec<u8> = r.try_get("body")?;
+                let next: i64 = r.try_get("next_attempt_at")?;
+                Ok(EventRecord {
+                    id: r.try_get("event_id")?,
+                    source: r.try_get("source")?,
+                    event_type: r.try_get("event_type")?,
+                    version: r.try_get("version")?,
+                    subject: r.try_get("subject")?,
+                    key: r.try_get("ordering_key")?,
+                    routing_key: r.try_get("routing_key")?,
+                    status,
+                    attempts: r.try_get("attempts")?,
+                    last_error: r.try_get("last_error")?,
+                    time: from_micros(r.try_get("event_time")?),
+                    created_at: from_micros(r.try_get("created_at")?),
+                    updated_at: from_micros(r.try_get("updated_at")?),
+                    next_attempt_at: (status == Status::Pending).then(|| from_micros(next)),
+                    published_at: r.try_get::<Option<i64>, _>("published_at")?.map(from_micros),
+                    event: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                })
+            }
+
+            async fn list_events(
+                &self,
+                status: $crate::outbox::Status,
+                after: i64,
+                limit: u32,
+            ) -> $crate::outbox::StoreResult<Vec<(i64, $crate::outbox::EventRecord)>> {
+                use sqlx::Row as _;
+                let q = format!(
+                    "select seq, {} from outbox where status = $1 and seq > $2 order by seq limit $3",
+                    $crate::outbox::sql::RECORD_COLUMNS
+                );
+                let rows = sqlx::query(q.as_str())
+                    .bind(status.as_str())
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get::<i64, _>("seq")?, Self::record(r)?)))
+                    .collect()
+            }
+
+            async fn redeliver_events(
+                &self,
+                target: $crate::outbox::Redeliver<'_>,
+            ) -> $crate::outbox::StoreResult<u64> {
+                use $crate::outbox::Redeliver;
+                const SET: &str = "update outbox set status = 'pending', attempts = 0, \
+                    next_attempt_at = $1, lease_until = null, updated_at = $1, published_at = null";
+                let now = $crate::outbox::now_micros();
+                let _serial = self.serialize_writes().await;
+                let done = match target {
+                    Redeliver::One { id, source } => {
+                        let q = format!("{SET} where event_id = $2 and source = $3 and status <> 'pending'");
+                        sqlx::query(q.as_str()).bind(now).bind(id).bind(source).execute(&self.pool).await?
+                    }
+                    Redeliver::AllDead { event_type: Some(t) } => {
+                        let q = format!("{SET} where status = 'dead' and event_type = $2");
+                        sqlx::query(q.as_str()).bind(now).bind(t).execute(&self.pool).await?
+                    }
+                    Redeliver::AllDead { event_type: None } => {
+                        let q = format!("{SET} where status = 'dead'");
+                        sqlx::query(q.as_str()).bind(now).execute(&self.pool).await?
+                    }
+                };
+                Ok(done.rows_affected())
             }
 
             async fn backlog_stats(&self) -> $crate::outbox::StoreResult<$crate::outbox::Stats> {

@@ -82,13 +82,22 @@ impl SqliteStore {
 
     /// The migrations under `migrations/sqlite/`, embedded in the binary.
     pub fn migrator() -> Migrator {
-        let migrations = vec![Migration::new(
-            1,
-            "outbox".into(),
-            MigrationType::Simple,
-            include_str!("../../migrations/sqlite/0001_outbox.sql").into(),
-            false,
-        )];
+        let migrations = vec![
+            Migration::new(
+                1,
+                "outbox".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0001_outbox.sql").into(),
+                false,
+            ),
+            Migration::new(
+                2,
+                "ordering key index".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0002_ordering_key_index.sql").into(),
+                false,
+            ),
+        ];
         Migrator {
             migrations: migrations.into(),
             ..Migrator::DEFAULT

@@ -273,6 +273,20 @@ impl TestQueue {
         }
     }
 
+    /// Bind this (exclusive) queue to one more routing pattern, on its own connection.
+    pub async fn also_bind(&self, exchange: &str, binding: &str) {
+        let ch = self._conn.create_channel().await.expect("channel");
+        ch.queue_bind(
+            self.name.as_str().into(),
+            exchange.into(),
+            binding.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue_bind");
+    }
+
     /// Next message (acked), or None after `timeout`.
     pub async fn next(&mut self, timeout: Duration) -> Option<Delivery> {
         match tokio::time::timeout(timeout, self.consumer.next()).await {
@@ -465,5 +479,299 @@ pub fn order_paid(order_id: &str) -> Value {
         "type": "order.paid",
         "version": "v1",
         "data": {"order_id": order_id, "amount": 25.5, "currency": "EUR"}
+    })
+}
+
+/// A TCP proxy in front of RabbitMQ that can be cut (listener and every proxied connection
+/// dropped) and started again on the same port, as often as a test likes: a broker outage in
+/// the middle of a run, without touching the shared broker.
+pub struct SwitchableProxy {
+    pub port: u16,
+    running: std::sync::Mutex<Option<ProxyRun>>,
+}
+
+struct ProxyRun {
+    stop: CancellationToken,
+    accept: tokio::task::JoinHandle<()>,
+    conns: tokio_util::task::TaskTracker,
+}
+
+impl SwitchableProxy {
+    /// A proxy port that is not listening yet.
+    pub fn reserve() -> SwitchableProxy {
+        SwitchableProxy {
+            port: free_port(),
+            running: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn amqp_url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// Listen on the port again and forward every connection to 127.0.0.1:5672.
+    pub async fn start(&self) {
+        let mut tries = 0;
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", self.port)).await {
+                Ok(l) => break l,
+                Err(e) if tries < 50 => {
+                    tries += 1;
+                    eprintln!("[proxy] bind {}: {e}; retrying", self.port);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("proxy bind 127.0.0.1:{}: {e}", self.port),
+            }
+        };
+        let stop = CancellationToken::new();
+        let conns = tokio_util::task::TaskTracker::new();
+        let accept = tokio::spawn({
+            let stop = stop.clone();
+            let conns = conns.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        accepted = listener.accept() => {
+                            let Ok((mut inbound, _)) = accepted else { return };
+                            let stop = stop.clone();
+                            conns.spawn(async move {
+                                let Ok(mut outbound) = TcpStream::connect("127.0.0.1:5672").await else { return };
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                                    () = stop.cancelled() => {}
+                                }
+                            });
+                        }
+                    }
+                }
+            }
+        });
+        let old = self.running.lock().expect("proxy state").replace(ProxyRun {
+            stop,
+            accept,
+            conns,
+        });
+        assert!(
+            old.is_none(),
+            "SwitchableProxy::start while already running"
+        );
+    }
+
+    /// Stop listening and drop every proxied connection; returns once they are all closed.
+    pub async fn cut(&self) {
+        let run = self.running.lock().expect("proxy state").take();
+        if let Some(run) = run {
+            run.stop.cancel();
+            let _ = run.accept.await;
+            run.conns.close();
+            run.conns.wait().await;
+        }
+    }
+}
+
+impl Drop for SwitchableProxy {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.running.lock()
+            && let Some(run) = g.take()
+        {
+            run.stop.cancel();
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// `POSTBOX_*` variables for running the real binary: this outbox, broker and exchange, the
+/// repo's schemas, and the fast retries of [`test_settings`].
+pub fn proc_env(database_url: &str, amqp_url: &str, exchange: &str) -> Vec<(String, String)> {
+    let schemas = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    [
+        ("POSTBOX_DATABASE_URL", database_url.to_owned()),
+        ("POSTBOX_AMQP_URL", amqp_url.to_owned()),
+        ("POSTBOX_EXCHANGE", exchange.to_owned()),
+        ("POSTBOX_SCHEMAS_DIR", schemas.display().to_string()),
+        ("POSTBOX_RETRY_BASE_MS", "50".to_owned()),
+        ("POSTBOX_RETRY_MAX_MS", "200".to_owned()),
+        ("POSTBOX_POLL_MS", "50".to_owned()),
+        ("POSTBOX_CONFIRM_TIMEOUT_SECS", "5".to_owned()),
+        ("POSTBOX_SHUTDOWN_GRACE_SECS", "10".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// The real `postbox` binary as a child process (for SIGKILL / SIGTERM tests, and for exact
+/// `/metrics` figures: in-process apps share one global metrics recorder). Output goes to a log
+/// file, printed by [`ProcApp::log_tail`]. Killed on drop.
+pub struct ProcApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl ProcApp {
+    /// Start the binary with `vars` (plus `POSTBOX_LISTEN` on a free port; inherited
+    /// `POSTBOX_*` variables are removed) and wait until `/healthz` answers. Output is appended
+    /// to `log`.
+    pub async fn spawn(vars: &[(String, String)], log: &std::path::Path) -> ProcApp {
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = free_port();
+            let out = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .expect("log file");
+            let err = out.try_clone().expect("log file");
+            let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_postbox"));
+            for (k, _) in std::env::vars() {
+                if k.starts_with("POSTBOX_") {
+                    cmd.env_remove(k);
+                }
+            }
+            cmd.envs(vars.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                .env("POSTBOX_LISTEN", format!("127.0.0.1:{port}"))
+                .env("POSTBOX_LOG_FORMAT", "pretty")
+                .stdin(std::process::Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            let child = cmd.spawn().expect("spawn the postbox binary");
+            let mut app = ProcApp {
+                base: format!("http://127.0.0.1:{port}"),
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(20))
+                    .build()
+                    .expect("client"),
+                child,
+                log: log.to_owned(),
+            };
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(status)) = app.child.try_wait() {
+                    last_err = format!("postbox exited at start-up: {status}");
+                    break;
+                }
+                if let Ok(r) = app
+                    .client
+                    .get(app.url("/healthz"))
+                    .timeout(Duration::from_secs(2))
+                    .send()
+                    .await
+                    && r.status().as_u16() == 200
+                {
+                    return app;
+                }
+                if tokio::time::Instant::now() > deadline {
+                    panic!(
+                        "postbox did not answer /healthz within 30 s\n{}",
+                        app.log_tail(40)
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Most likely the port was taken in between: try another one.
+            eprintln!("{last_err}\n{}", app.log_tail(20));
+        }
+        panic!(
+            "{last_err}\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (graceful shutdown).
+    pub fn term(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed: {status}");
+    }
+
+    /// Wait for the process to exit, at most `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if tokio::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        match self.client.get(self.url(path)).send().await {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (status, r.json().await.unwrap_or(Value::Null))
+            }
+            Err(e) => panic!("GET {path}: {e}\n{}", self.log_tail(20)),
+        }
+    }
+
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let r = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(r.status().as_u16(), 200);
+        r.text().await.expect("metrics body")
+    }
+
+    /// The last `n` lines of the process's output.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(n);
+        format!(
+            "--- postbox log ({}) ---\n{}",
+            self.log.display(),
+            lines[from..].join("\n")
+        )
+    }
+}
+
+impl Drop for ProcApp {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The value of one series in Prometheus text: `series` is the metric name with its labels
+/// exactly as rendered, e.g. `postbox_publish_failures_total{reason="nacked"}`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?;
+        let value = rest.strip_prefix(' ')?;
+        value.trim().parse().ok()
     })
 }

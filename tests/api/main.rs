@@ -4,5 +4,8 @@
 mod helpers;
 
 mod delivery;
+mod faults;
+mod hostile;
 mod http_status;
 mod openapi;
+mod ordering;
