@@ -92,8 +92,8 @@ fn describe() {
     );
     describe_counter!("postbox_dead_total", "Events that became dead");
     describe_histogram!(
-        "postbox_publish_batch_seconds",
-        "Time to publish a batch and receive its confirms"
+        "postbox_confirm_wait_seconds",
+        "Time from sending a batch to having all its confirms"
     );
     describe_histogram!(
         "postbox_relay_lag_seconds",
