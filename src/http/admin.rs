@@ -168,25 +168,7 @@ pub async fn redeliver_one(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Redelivered>> {
-    let source = query_params(query.as_deref())
-        .into_iter()
-        .find(|(k, _)| k == "source")
-        .map(|(_, v)| v);
-    let found = state
-        .store()
-        .find(&id, source.as_deref())
-        .await
-        .map_err(unavailable)?;
-    let event = match found.as_slice() {
-        [] => return Err(ApiError::NotFound(format!("no event with id `{id}`"))),
-        [one] => one,
-        many => {
-            return Err(ApiError::Ambiguous(format!(
-                "{} events have id `{id}`; add ?source=",
-                many.len()
-            )));
-        }
-    };
+    let event = super::events::find_one(&state, &id, query.as_deref()).await?;
     if event.status == Status::Pending {
         return Err(ApiError::Conflict(format!(
             "event `{id}` is still pending; the relay is already delivering it"

@@ -477,14 +477,20 @@ pub async fn get_event(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<EventRecord>> {
-    let source = query.as_deref().and_then(|q| {
+    find_one(&state, &id, query.as_deref()).await.map(Json)
+}
+
+/// The one event with this id (and `source` from the query string, if given): 404 if none,
+/// 409 if several sources used the id, 503 if the outbox does not answer.
+pub async fn find_one(state: &AppState, id: &str, query: Option<&str>) -> ApiResult<EventRecord> {
+    let source = query.and_then(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .find(|(k, _)| k == "source")
             .map(|(_, v)| v.into_owned())
     });
     let mut found = state
         .store()
-        .find(&id, source.as_deref())
+        .find(id, source.as_deref())
         .await
         .map_err(|e| {
             tracing::warn!(error = %e, "reading an event failed");
@@ -495,7 +501,7 @@ pub async fn get_event(
         })?;
     match found.len() {
         0 => Err(ApiError::NotFound(format!("no event with id `{id}`"))),
-        1 => Ok(Json(found.remove(0))),
+        1 => Ok(found.remove(0)),
         n => Err(ApiError::Ambiguous(format!(
             "{n} events have id `{id}` (sources: {}); add ?source=",
             found
