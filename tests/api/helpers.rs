@@ -775,3 +775,15 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
         value.trim().parse().ok()
     })
 }
+
+/// Pointers of a problem's `errors`, in order.
+pub fn pointers(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|e| e["pointer"].as_str().unwrap_or("<none>").to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

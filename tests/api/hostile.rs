@@ -9,19 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Backend, TestApp, assert_problem, header, order_paid};
-
-/// Pointers of a problem's `errors`, in order.
-fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["pointer"].as_str().unwrap_or("<none>").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::helpers::{Backend, TestApp, assert_problem, header, order_paid, pointers};
 
 /// Every hostile request must be answered within this.
 const QUICK: Duration = Duration::from_secs(10);

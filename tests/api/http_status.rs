@@ -5,19 +5,9 @@ use std::{io::Write, time::Duration};
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Backend, TestApp, TestQueue, assert_problem, header, order_paid, pg_admin};
-
-/// Pointers of a problem's `errors`, in order.
-fn pointers(problem: &Value) -> Vec<String> {
-    problem["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| e["pointer"].as_str().unwrap_or("<none>").to_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use crate::helpers::{
+    Backend, TestApp, TestQueue, assert_problem, header, order_paid, pg_admin, pointers,
+};
 
 fn paid(id: &str, source: &str, order: &str) -> Value {
     let mut e = order_paid(order);
