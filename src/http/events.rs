@@ -426,9 +426,13 @@ fn valid_traceparent(v: &str) -> bool {
 
 fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
     let body = serde_json::to_vec(&e.cloudevent).unwrap_or_default();
-    let mut attrs = e.cloudevent.clone();
-    attrs.remove("data");
-    let attributes = serde_json::to_string(&Value::Object(attrs)).unwrap_or_default();
+    // Attributes for the ce-* headers: everything but `data` (not cloned: it can be large).
+    let attrs: std::collections::BTreeMap<&String, &Value> = e
+        .cloudevent
+        .iter()
+        .filter(|(k, _)| k.as_str() != "data")
+        .collect();
+    let attributes = serde_json::to_string(&attrs).unwrap_or_default();
     NewRow {
         event_id: e.id.clone(),
         source: e.source.clone(),

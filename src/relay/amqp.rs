@@ -136,6 +136,7 @@ impl Publisher {
             outcomes,
             pending,
             exchange: self.exchange.clone(),
+            sent_at: tokio::time::Instant::now(),
         }
     }
 
@@ -159,10 +160,13 @@ pub struct Sent {
     outcomes: Vec<Option<Outcome>>,
     pending: Vec<(usize, PublisherConfirm)>,
     exchange: String,
+    sent_at: tokio::time::Instant,
 }
 
 impl Sent {
-    /// Await every confirm (at most `timeout` in all); one outcome per row, in order.
+    /// Await every confirm, at most until `timeout` after the batch was sent (not after the
+    /// settler got to it: batches queue behind each other, and every row must be settled well
+    /// within its lease); one outcome per row, in order.
     ///
     /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
     /// error is a failed attempt; only an ack for a message that was not returned is success
@@ -173,9 +177,10 @@ impl Sent {
             mut outcomes,
             pending,
             exchange,
+            sent_at,
         } = self;
         let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout(timeout, join_all(confirms)).await {
+        match tokio::time::timeout_at(sent_at + timeout, join_all(confirms)).await {
             Ok(results) => {
                 for (i, r) in idx.into_iter().zip(results) {
                     outcomes[i] = Some(classify(r, &exchange, &rows[i].routing_key));
