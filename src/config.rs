@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::auth::{KeyRing, KeySpec};
+
 /// Every tunable setting, all optional so that layers can be merged.
 ///
 /// The same struct is read from the TOML file (keys are the field names) and from the command
@@ -125,6 +127,38 @@ pub struct Settings {
     /// answers 503 `overloaded` with `Retry-After` at once. [default: 1024]
     #[arg(long, env = "POSTBOX_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+
+    /// API keys as a JSON array of `{"name", "hash", "types", "sources", "admin",
+    /// "rate_per_sec", "burst"}` objects (in the TOML file: `[[api_keys]]` tables). With no key
+    /// configured, authentication is off and postbox only listens on a loopback address.
+    #[arg(long, env = "POSTBOX_API_KEYS", hide_env_values = true, value_parser = parse_key_specs)]
+    pub api_keys: Option<KeySpecs>,
+
+    /// A TOML file of `[[api_keys]]` tables, added to the keys configured elsewhere.
+    #[arg(long, env = "POSTBOX_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+
+    /// Serve without API keys on a non-loopback address (anyone who reaches the port may send
+    /// events and use the operator endpoints). [default: false]
+    #[arg(long, env = "POSTBOX_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
+    pub insecure_no_auth: Option<bool>,
+}
+
+/// A list of API keys (a newtype so that clap reads it as one JSON value).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct KeySpecs(pub Vec<KeySpec>);
+
+fn parse_key_specs(raw: &str) -> Result<KeySpecs, String> {
+    serde_json::from_str(raw).map_err(|e| format!("expected a JSON array of API keys: {e}"))
+}
+
+/// The file named by `api_keys_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    api_keys: Vec<KeySpec>,
 }
 
 impl Settings {
@@ -160,6 +194,9 @@ impl Settings {
             body_timeout_ms,
             request_timeout_ms,
             max_in_flight,
+            api_keys,
+            api_keys_file,
+            insecure_no_auth,
         )
     }
 
@@ -184,6 +221,16 @@ pub enum StoreKind {
         /// Connection URL (contains credentials: never log it, use [`redact_url`]).
         url: String,
     },
+}
+
+impl StoreKind {
+    /// Where the outbox is, safe to log: the SQLite path or the URL with its password redacted.
+    pub fn describe(&self) -> String {
+        match self {
+            StoreKind::Sqlite { path } => format!("sqlite://{}", path.display()),
+            StoreKind::Postgres { url } => redact_url(url),
+        }
+    }
 }
 
 /// Log output format.
@@ -228,6 +275,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// API keys (empty: authentication off, loopback only unless `insecure_no_auth`).
+    pub keys: std::sync::Arc<KeyRing>,
 }
 
 /// Relay settings.
@@ -312,7 +361,26 @@ impl Config {
             "json" => LogFormat::Json,
             other => bail!("log_format must be `pretty` or `json` (got `{other}`)"),
         };
+        let mut specs = s.api_keys.map(|k| k.0).unwrap_or_default();
+        if let Some(path) = &s.api_keys_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading api_keys_file {}", path.display()))?;
+            let file: KeysFile = toml::from_str(&text)
+                .with_context(|| format!("parsing api_keys_file {}", path.display()))?;
+            specs.extend(file.api_keys);
+        }
+        let keys = KeyRing::from_specs(&specs)?;
+        if keys.is_empty() && !listen.ip().is_loopback() && !s.insecure_no_auth.unwrap_or(false) {
+            bail!(
+                "postbox would listen on {listen} with no API keys configured, so anyone who can \
+                 reach it could send events and redeliver dead ones. Configure API keys \
+                 (api_keys, POSTBOX_API_KEYS or --api-keys-file; `postbox keygen` makes one), \
+                 listen on a loopback address, or pass --insecure-no-auth if a proxy in front \
+                 authenticates"
+            );
+        }
         Ok(Config {
+            keys: std::sync::Arc::new(keys),
             listen,
             store,
             amqp_url,
@@ -468,5 +536,36 @@ mod tests {
         ] {
             assert!(Config::from_settings(s).is_err());
         }
+    }
+
+    #[test]
+    fn api_keys_come_from_toml_json_or_a_keys_file() {
+        let hash = crate::auth::hash_key("k1");
+        let toml_text =
+            format!("[[api_keys]]\nname = \"a\"\nhash = \"{hash}\"\ntypes = [\"order.*\"]\n");
+        let file: Settings = toml::from_str(&toml_text).unwrap();
+        let json = parse_key_specs(&format!(
+            r#"[{{"name":"b","hash":"{}","admin":true}}]"#,
+            crate::auth::hash_key("k2")
+        ))
+        .unwrap();
+        assert_eq!(json.0[0].name, "b");
+        assert!(json.0[0].admin);
+        assert!(parse_key_specs("{not json").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let keys_file = dir.path().join("keys.toml");
+        let third = toml_text
+            .replace("\"a\"", "\"c\"")
+            .replace(&hash, &crate::auth::hash_key("k3"));
+        std::fs::write(&keys_file, third).unwrap();
+        let c = Config::from_settings(file.overlay(Settings {
+            api_keys_file: Some(keys_file),
+            ..Settings::default()
+        }))
+        .unwrap();
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.keys.authenticate("k1").unwrap().name, "a");
+        assert_eq!(c.keys.authenticate("k3").unwrap().name, "c");
+        assert!(c.keys.authenticate("k2").is_none());
     }
 }

@@ -130,6 +130,30 @@ pub enum ApiError {
     /// Too many requests in flight (503); nothing was done.
     #[error("{0}")]
     Overloaded(String),
+    /// No API key, or one that is not configured (401).
+    #[error("{detail}")]
+    Unauthorized {
+        /// Summary.
+        detail: String,
+        /// A key was sent but is not valid (`error="invalid_token"` in `WWW-Authenticate`).
+        invalid_key: bool,
+    },
+    /// The key may not do this (403).
+    #[error("{detail}")]
+    Forbidden {
+        /// Summary.
+        detail: String,
+        /// Which events (batch pointers) it may not send.
+        errors: Vec<FieldError>,
+    },
+    /// The key is over its rate limit (429); nothing was stored.
+    #[error("{detail}")]
+    RateLimited {
+        /// Summary.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
     /// A bug or an unexpected failure; logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -212,6 +236,21 @@ impl ApiError {
                 "overloaded",
                 "Too many requests in flight",
             ),
+            Unauthorized { .. } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "A valid API key is required",
+            ),
+            Forbidden { .. } => (
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "This API key may not do that",
+            ),
+            RateLimited { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many events for this API key",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -234,9 +273,9 @@ impl ApiError {
     pub fn problem(&self) -> Problem {
         let (status, kind, title) = self.parts();
         let (errors, available) = match self {
-            ApiError::BadRequest { errors, .. } | ApiError::SchemaViolation { errors, .. } => {
-                (errors.clone(), None)
-            }
+            ApiError::BadRequest { errors, .. }
+            | ApiError::SchemaViolation { errors, .. }
+            | ApiError::Forbidden { errors, .. } => (errors.clone(), None),
             ApiError::UnknownSchema {
                 available, errors, ..
             } => (errors.clone(), Some(available.clone())),
@@ -264,7 +303,8 @@ impl IntoResponse for ApiError {
         }
         metrics::counter!("postbox_http_rejected_total", "reason" => self.reason()).increment(1);
         let retry_after = match &self {
-            ApiError::Unavailable { retry_after, .. } => Some(*retry_after),
+            ApiError::Unavailable { retry_after, .. }
+            | ApiError::RateLimited { retry_after, .. } => Some(*retry_after),
             ApiError::Conflict(_) | ApiError::Timeout(_) | ApiError::Overloaded(_) => Some(1),
             _ => None,
         };
@@ -273,6 +313,17 @@ impl IntoResponse for ApiError {
         if let Some(secs) = retry_after {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let ApiError::Unauthorized { invalid_key, .. } = &self {
+            let challenge = if *invalid_key {
+                "Bearer realm=\"postbox\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"postbox\""
+            };
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(challenge),
+            );
         }
         if close {
             // The rest of the body is still on the wire: the connection cannot be reused.

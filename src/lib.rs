@@ -4,6 +4,7 @@
 //! relay publishes the outbox to RabbitMQ with publisher confirms. [`start`] wires it all and is
 //! what the binary and the tests run.
 
+pub mod auth;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -58,12 +59,24 @@ pub async fn start(
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
-        outbox = store.backend(),
+        outbox = %config.store.describe(),
         schemas = registry.len(),
         amqp = %config::redact_url(&config.amqp_url),
         exchange = %config.exchange,
         "postbox listening; API docs at http://{addr}/docs"
     );
+    if config.keys.is_enabled() {
+        tracing::info!(
+            keys = config.keys.len(),
+            "API keys required on /v1/events (Authorization: Bearer)"
+        );
+    } else if addr.ip().is_loopback() {
+        tracing::info!("no API keys configured: authentication is off (loopback address only)");
+    } else {
+        tracing::warn!(
+            "no API keys configured and --insecure-no-auth given: anyone who reaches {addr} may send events"
+        );
+    }
 
     let tracker = TaskTracker::new();
     let committed = Arc::new(Notify::new());

@@ -40,6 +40,24 @@ enum Command {
     },
     /// Print the OpenAPI document (as committed in openapi/openapi.json).
     Openapi,
+    /// Make a new random API key: print it (once) and the `[[api_keys]]` entry with its hash.
+    Keygen {
+        /// Who holds the key; recorded with every event it sends.
+        #[arg(long)]
+        name: String,
+        /// Event type the key may send (repeatable; `*` matches any characters).
+        #[arg(long = "type", default_value = "*")]
+        types: Vec<String>,
+        /// Source the key may send as (repeatable; any source when absent).
+        #[arg(long = "source")]
+        sources: Vec<String>,
+        /// Grant the admin scope (dead-letter listing, redelivery).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Print the `sha256:…` hash of an API key read from standard input (for keys you made
+    /// yourself).
+    HashKey,
     /// Check every schema under the schema directory compiles, and list them.
     Schemas {
         #[command(flatten)]
@@ -47,7 +65,19 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the chain of causes on one line, without a backtrace: these are
+            // configuration and start-up errors meant for whoever runs postbox.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let file = match &cli.config {
         Some(path) => Settings::from_toml_file(path)?,
@@ -60,6 +90,20 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Schemas { settings }) => (Some("schemas"), settings),
         Some(Command::Openapi) => {
             print!("{}", postbox::http::openapi_json());
+            return Ok(());
+        }
+        Some(Command::Keygen {
+            name,
+            types,
+            sources,
+            admin,
+        }) => return keygen(name, types, sources, admin),
+        Some(Command::HashKey) => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .context("reading the key from standard input")?;
+            println!("{}", postbox::auth::hash_key(secret.trim()));
             return Ok(());
         }
     };
@@ -86,4 +130,44 @@ fn main() -> anyhow::Result<()> {
             None => postbox::serve(config).await,
         }
     })
+}
+
+/// `postbox keygen`: a new key and its configuration entry (checked like configured keys).
+fn keygen(
+    name: String,
+    types: Vec<String>,
+    sources: Vec<String>,
+    admin: bool,
+) -> anyhow::Result<()> {
+    let secret = postbox::auth::generate_key();
+    let spec = postbox::auth::KeySpec {
+        name,
+        hash: postbox::auth::hash_key(&secret),
+        types,
+        sources,
+        admin,
+        rate_per_sec: None,
+        burst: None,
+    };
+    postbox::auth::KeyRing::from_specs(std::slice::from_ref(&spec))?;
+    let list = |v: &[String]| -> anyhow::Result<String> { Ok(serde_json::to_string(v)?) };
+    println!(
+        "# API key `{}`: hand it to its service now; postbox keeps only the hash.",
+        spec.name
+    );
+    println!("{secret}");
+    println!();
+    println!("# Configuration entry (TOML config file or --api-keys-file):");
+    println!("[[api_keys]]");
+    println!("name = {}", serde_json::to_string(&spec.name)?);
+    println!("hash = \"{}\"", spec.hash);
+    println!("types = {}", list(&spec.types)?);
+    if !spec.sources.is_empty() {
+        println!("sources = {}", list(&spec.sources)?);
+    }
+    if spec.admin {
+        println!("admin = true");
+    }
+    println!("# rate_per_sec = 1000   # optional token bucket, with burst = …");
+    Ok(())
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::AppState;
+use super::{AppState, auth::Caller};
 use crate::{
     error::{ApiError, ApiResult, Problem},
     outbox::{EventRecord, OutboxStore, Redeliver, Status},
@@ -82,7 +82,13 @@ fn unavailable(e: sqlx::Error) -> ApiError {
         ("limit" = Option<u32>, Query, description = "Page size, 1-500 (default 100)"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page"),
     ),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
+            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
+        (status = 403, description = "The API key has no admin scope.", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/forbidden", "title": "This API key may not do that", "status": 403, "detail": "API key `checkout` has no admin scope, which this operator endpoint needs"})),
         (status = 200, description = "A page of events.", body = EventPage),
         (status = 400, description = "Bad `status`, `limit` or `cursor`.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/invalid-request", "title": "The request is malformed", "status": 400, "detail": "status must be dead, pending or published", "errors": [{"pointer": "query:status", "message": "status must be dead, pending or published"}]})),
@@ -92,8 +98,10 @@ fn unavailable(e: sqlx::Error) -> ApiError {
 )]
 pub async fn list_events(
     State(state): State<AppState>,
+    caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<EventPage>> {
+    caller.require_admin()?;
     let mut status = Status::Dead;
     let mut limit = 100u32;
     let mut after = 0i64;
@@ -153,7 +161,13 @@ pub async fn list_events(
         ("id" = String, Path, description = "Event id"),
         ("source" = Option<String>, Query, description = "Event source, needed only when several sources used the same id"),
     ),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
+            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
+        (status = 403, description = "The API key has no admin scope.", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/forbidden", "title": "This API key may not do that", "status": 403, "detail": "API key `checkout` has no admin scope, which this operator endpoint needs"})),
         (status = 200, description = "The event is pending again.", body = Redelivered, example = json!({"redelivered": 1})),
         (status = 404, description = "No event with this id.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404, "detail": "no event with id `x`"})),
@@ -165,9 +179,11 @@ pub async fn list_events(
 )]
 pub async fn redeliver_one(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Redelivered>> {
+    caller.require_admin()?;
     let event = super::events::find_one(&state, &id, query.as_deref()).await?;
     if event.status == Status::Pending {
         return Err(ApiError::Conflict(format!(
@@ -193,7 +209,13 @@ pub async fn redeliver_one(
     path = "/v1/events/redeliver",
     tag = "operations",
     request_body(content = RedriveRequest, content_type = "application/json", example = json!({"type": "order.paid"})),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
+            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
+        (status = 403, description = "The API key has no admin scope.", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/forbidden", "title": "This API key may not do that", "status": 403, "detail": "API key `checkout` has no admin scope, which this operator endpoint needs"})),
         (status = 200, description = "How many dead events are pending again.", body = Redelivered, example = json!({"redelivered": 42})),
         (status = 400, description = "Malformed body.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/invalid-request", "title": "The request is malformed", "status": 400, "detail": "malformed JSON: expected value at line 1 column 1", "errors": [{"pointer": "", "message": "malformed JSON: expected value at line 1 column 1"}]})),
@@ -203,8 +225,10 @@ pub async fn redeliver_one(
 )]
 pub async fn redeliver_all(
     State(state): State<AppState>,
+    caller: Caller,
     body: axum::body::Bytes,
 ) -> ApiResult<Json<Redelivered>> {
+    caller.require_admin()?;
     let req: RedriveRequest = if body.is_empty() {
         RedriveRequest { event_type: None }
     } else {

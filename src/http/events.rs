@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::AppState;
+use super::{AppState, auth::Caller};
 use crate::{
     envelope::{self, Event, Mode, ParseContext},
     error::{ApiError, ApiResult, FieldError, Problem, summarize},
@@ -154,7 +154,16 @@ pub enum AcceptedResponse {
             (Vec<CloudEvent> = "application/cloudevents-batch+json", example = json!([{"specversion": "1.0", "id": "b-1", "source": "/shop/checkout", "type": "order.paid.v1", "data": {"order_id": "o-1", "amount": 1, "currency": "EUR"}}, {"specversion": "1.0", "id": "b-2", "source": "/shop/accounts", "type": "user.signed_up.v1", "data": {"user_id": "u-1", "email": "ada@example.com"}}]))
         )
     ),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
+            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
+        (status = 403, description = "The API key may not send this event type or source; `errors` names each event.", body = Problem, content_type = "application/problem+json",
+            example = json!({"type": "/problems/forbidden", "title": "This API key may not do that", "status": 403, "detail": "1 event this key may not send; first: /type: API key `checkout` may not send events of type `user.signed_up`", "errors": [{"pointer": "/type", "message": "API key `checkout` may not send events of type `user.signed_up`"}]})),
+        (status = 429, description = "The API key is over its rate limit (`rate_per_sec`, one token per event); nothing was stored. Retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait")),
+            example = json!({"type": "/problems/rate-limited", "title": "Too many events for this API key", "status": 429, "detail": "API key `checkout` is over its rate limit; nothing was stored"})),
         (status = 202, description = "Stored in the outbox (or already stored with the same content: then `Idempotent-Replayed: true`). A batch answers `{\"events\": [...]}` in request order.", body = AcceptedResponse,
             headers(("Location" = String, description = "`/v1/events/{id}` of a single event"), ("Idempotent-Replayed" = String, description = "`true` when nothing new was stored")),
             example = json!({"id": "0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11", "source": "postbox", "location": "/v1/events/0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11"})),
@@ -177,6 +186,7 @@ pub enum AcceptedResponse {
 )]
 pub async fn post_events(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -195,6 +205,7 @@ pub async fn post_events(
         max_batch_events: state.config().limits.max_batch_events,
     };
     let (events, is_batch) = envelope::parse(mode, &headers, &bytes, &ctx)?;
+    caller.authorize_send(&events, mode)?;
     validate(&state, &events, mode)?;
     let idempotency = idempotency_key(&headers, &events)?;
     let traceparent = headers
@@ -228,9 +239,10 @@ pub async fn post_events(
         });
     }
 
+    let api_key = caller.key_name();
     let rows = events
         .iter()
-        .map(|e| to_row(&state, e, traceparent.clone()))
+        .map(|e| to_row(&state, e, traceparent.clone(), api_key.clone()))
         .collect();
     let outcome = state
         .writer()
@@ -424,7 +436,12 @@ fn valid_traceparent(v: &str) -> bool {
         && hex(parts[3], 2)
 }
 
-fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
+fn to_row(
+    state: &AppState,
+    e: &Event,
+    traceparent: Option<String>,
+    api_key: Option<String>,
+) -> NewRow {
     let body = serde_json::to_vec(&e.cloudevent).unwrap_or_default();
     // Attributes for the ce-* headers: everything but `data` (not cloned: it can be large).
     let attrs: std::collections::BTreeMap<&String, &Value> = e
@@ -452,6 +469,7 @@ fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
         attributes,
         content_hash: e.content_hash.to_vec(),
         traceparent,
+        api_key,
     }
 }
 
@@ -466,7 +484,11 @@ fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
         ("id" = String, Path, description = "Event id"),
         ("source" = Option<String>, Query, description = "Event source, needed only when several sources used the same id"),
     ),
+    security((), ("api_key" = [])),
     responses(
+        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
+            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
         (status = 200, description = "The event and its delivery state (`pending`, `published`, `dead`).", body = EventRecord),
         (status = 404, description = "No event with this id.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404, "detail": "no event with id `x`"})),
@@ -478,10 +500,16 @@ fn to_row(state: &AppState, e: &Event, traceparent: Option<String>) -> NewRow {
 )]
 pub async fn get_event(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<EventRecord>> {
-    find_one(&state, &id, query.as_deref()).await.map(Json)
+    let found = find_one(&state, &id, query.as_deref()).await?;
+    if !caller.may_read(&found.event_type) {
+        // The same answer as for a missing event: a key learns nothing about other types.
+        return Err(ApiError::NotFound(format!("no event with id `{id}`")));
+    }
+    Ok(Json(found))
 }
 
 /// The one event with this id (and `source` from the query string, if given): 404 if none,

@@ -2,6 +2,7 @@
 //! OpenAPI document, and the middleware every route shares.
 
 pub mod admin;
+pub mod auth;
 pub mod docs;
 pub mod events;
 pub mod health;
@@ -166,9 +167,32 @@ impl Drop for InFlight {
         (name = "schemas", description = "The JSON Schemas events are validated against"),
         (name = "operations", description = "Health, readiness and metrics")
     ),
-    components(schemas(crate::error::Problem, crate::error::FieldError))
+    components(schemas(crate::error::Problem, crate::error::FieldError)),
+    modifiers(&BearerKeys)
 )]
 pub struct ApiDoc;
+
+/// The `api_key` security scheme: `Authorization: Bearer <key>`.
+struct BearerKeys;
+
+impl utoipa::Modify for BearerKeys {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`postbox keygen`). Required on /v1/events… when keys are \
+                         configured; without keys postbox serves on loopback only.",
+                    ))
+                    .build(),
+            ),
+        );
+    }
+}
 
 /// Routes and their OpenAPI description, before state is attached.
 pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
@@ -198,6 +222,10 @@ pub fn router(state: AppState) -> Router {
         .merge(docs::routes(doc))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.config().keys.clone(),
+            auth::authenticate,
+        ))
         .layer(
             RequestDecompressionLayer::new()
                 .gzip(true)

@@ -83,6 +83,8 @@ pub struct NewRow {
     pub content_hash: Vec<u8>,
     /// W3C traceparent of the request, if any.
     pub traceparent: Option<String>,
+    /// Name of the API key that sent it (none when authentication is off).
+    pub api_key: Option<String>,
 }
 
 /// One HTTP request's worth of events, committed atomically.
@@ -199,6 +201,9 @@ pub struct EventRecord {
     pub attempts: i32,
     /// Why the last attempt failed.
     pub last_error: Option<String>,
+    /// Name of the API key that sent it (absent when authentication is off).
+    #[schema(example = "checkout")]
+    pub api_key: Option<String>,
     /// Event time.
     #[schema(value_type = String, format = DateTime)]
     #[serde(with = "time::serde::rfc3339")]

@@ -64,6 +64,13 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0002_ordering_key_index.sql").into(),
                 false,
             ),
+            Migration::new(
+                3,
+                "api key".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0003_api_key.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

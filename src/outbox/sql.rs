@@ -7,13 +7,13 @@ pub const CLAIM_COLUMNS: &str =
     "seq, event_id, ce_type, routing_key, body, attributes, traceparent, attempts, created_at";
 
 /// Columns `GET /v1/events/{id}` reads.
-pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body";
+pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
 
-/// Rows per multi-row insert: 16 parameters each stays far below both backends' limits.
+/// Rows per multi-row insert: 17 parameters each stays far below both backends' limits.
 pub const INSERT_CHUNK: usize = 500;
 
 /// New rows are `pending` with no attempts (column defaults), due at once.
-pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, created_at, next_attempt_at, updated_at) ";
+pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, api_key, created_at, next_attempt_at, updated_at) ";
 
 pub const INSERT_TAIL: &str =
     " on conflict (source, event_id) do nothing returning seq, source, event_id";
@@ -223,6 +223,7 @@ macro_rules! shared_store_impl {
                             .push_bind(r.attributes.as_str())
                             .push_bind(r.content_hash.as_slice())
                             .push_bind(r.traceparent.as_deref())
+                            .push_bind(r.api_key.as_deref())
                             .push_bind(now)
                             .push_bind(now)
                             .push_bind(now);
@@ -370,6 +371,7 @@ macro_rules! shared_store_impl {
                     status,
                     attempts: r.try_get("attempts")?,
                     last_error: r.try_get("last_error")?,
+                    api_key: r.try_get("api_key")?,
                     time: from_micros(r.try_get("event_time")?),
                     created_at: from_micros(r.try_get("created_at")?),
                     updated_at: from_micros(r.try_get("updated_at")?),

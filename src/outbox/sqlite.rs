@@ -97,6 +97,13 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0002_ordering_key_index.sql").into(),
                 false,
             ),
+            Migration::new(
+                3,
+                "api key".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0003_api_key.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

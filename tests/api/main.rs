@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod delivery;
 mod faults;
 mod hostile;
