@@ -6,6 +6,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{Context, bail};
 use serde::Deserialize;
 
+use crate::relay::topology::{QueueSettings, Topology};
+
 /// Every tunable setting, all optional so that layers can be merged.
 ///
 /// The same struct is read from the TOML file (keys are the field names) and from the command
@@ -125,6 +127,11 @@ pub struct Settings {
     /// answers 503 `overloaded` with `Retry-After` at once. [default: 1024]
     #[arg(long, env = "POSTBOX_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
+
+    /// Consumer queues the relay declares and binds (TOML `[[queues]]` only; see
+    /// [`QueueSettings`]).
+    #[arg(skip)]
+    pub queues: Option<Vec<QueueSettings>>,
 }
 
 impl Settings {
@@ -160,6 +167,7 @@ impl Settings {
             body_timeout_ms,
             request_timeout_ms,
             max_in_flight,
+            queues,
         )
     }
 
@@ -228,6 +236,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Consumer queues to declare at every relay (re)connect.
+    pub topology: Topology,
 }
 
 /// Relay settings.
@@ -312,6 +322,7 @@ impl Config {
             "json" => LogFormat::Json,
             other => bail!("log_format must be `pretty` or `json` (got `{other}`)"),
         };
+        let topology = Topology::from_settings(s.queues.as_deref().unwrap_or_default(), &exchange)?;
         Ok(Config {
             listen,
             store,
@@ -345,6 +356,7 @@ impl Config {
             migrate_on_start: s.migrate_on_start.unwrap_or(true),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
             log_format,
+            topology,
         })
     }
 }
@@ -430,6 +442,31 @@ mod tests {
         let merged = file.overlay(cli);
         assert_eq!(merged.exchange.as_deref(), Some("cli"));
         assert_eq!(merged.max_attempts, Some(3));
+    }
+
+    #[test]
+    fn queues_come_from_the_file() {
+        let file: Settings = toml::from_str(
+            "[[queues]]\nname = \"billing\"\nbindings = [\"events.order.paid.#\"]\n\
+             delivery_limit = 5\ndead_letter = true\n",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        assert_eq!(c.topology.queues.len(), 1);
+        assert_eq!(c.topology.queues[0].delivery_limit, Some(5));
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postbox.toml");
+        let c = Config::from_settings(Settings::from_toml_file(&path).unwrap()).unwrap();
+        let d = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(
+            (c.listen, &c.store, &c.exchange),
+            (d.listen, &d.store, &d.exchange)
+        );
+        assert_eq!(c.relay.max_attempts, d.relay.max_attempts);
+        assert_eq!(c.topology.queues.len(), 2);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use lapin::{
 };
 use serde_json::{Map, Value};
 
+use super::topology::Topology;
 use crate::outbox::Claimed;
 
 /// Result of publishing one row.
@@ -36,9 +37,17 @@ pub struct Publisher {
 /// Longest wait for the TCP + AMQP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for declaring the consumer topology (quorum queues take a while to create).
+const TOPOLOGY_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Publisher {
-    /// Connect, open a channel in confirm mode, and declare the durable topic exchange.
-    pub async fn connect(url: &str, exchange: &str) -> anyhow::Result<Publisher> {
+    /// Connect, open a channel in confirm mode, declare the durable topic exchange and then the
+    /// consumer topology (so no event is published before its queues exist).
+    pub async fn connect(
+        url: &str,
+        exchange: &str,
+        topology: &Topology,
+    ) -> anyhow::Result<Publisher> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("postbox {}", std::process::id())));
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
@@ -73,6 +82,19 @@ impl Publisher {
                 anyhow::bail!("timed out setting up the RabbitMQ channel");
             }
         };
+        if !topology.is_empty() {
+            let declared =
+                tokio::time::timeout(TOPOLOGY_TIMEOUT, topology.declare(&conn, exchange)).await;
+            let failed = match declared {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.context("declaring the consumer topology")),
+                Err(_) => Some(anyhow::anyhow!("timed out declaring the consumer topology")),
+            };
+            if let Some(e) = failed {
+                let _ = conn.close(200, "topology failed".into()).await;
+                return Err(e);
+            }
+        }
         Ok(Publisher {
             conn,
             channel,

@@ -3,6 +3,7 @@
 //! waits while RabbitMQ blocks publishers, and stops between batches on shutdown.
 
 pub mod amqp;
+pub mod topology;
 
 use std::{
     sync::{Arc, Mutex},
@@ -86,6 +87,7 @@ pub struct Relay {
     exchange: String,
     status: BrokerStatus,
     wake: Arc<Notify>,
+    topology: topology::Topology,
 }
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
@@ -101,6 +103,7 @@ impl Relay {
             exchange: config.exchange.clone(),
             status,
             wake,
+            topology: config.topology.clone(),
         }
     }
 
@@ -109,7 +112,9 @@ impl Relay {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         while !token.is_cancelled() {
-            match Publisher::connect(&this.amqp_url, &this.exchange).await {
+            let connected =
+                Publisher::connect(&this.amqp_url, &this.exchange, &this.topology).await;
+            match connected {
                 Ok(publisher) => {
                     backoff = Duration::from_millis(200);
                     this.status.set(BrokerState::Connected, None);

@@ -9,3 +9,4 @@ mod hostile;
 mod http_status;
 mod openapi;
 mod ordering;
+mod topology;
