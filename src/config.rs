@@ -128,6 +128,11 @@ pub struct Settings {
     #[arg(long, env = "POSTBOX_MAX_IN_FLIGHT")]
     pub max_in_flight: Option<usize>,
 
+    /// OTLP/HTTP collector to export the relay's publish spans to, e.g. `http://127.0.0.1:4318`
+    /// (spans are POSTed as JSON to `{endpoint}/v1/traces`). [default: off]
+    #[arg(long, env = "POSTBOX_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// Consumer queues the relay declares and binds (TOML `[[queues]]` only; see
     /// [`QueueSettings`]).
     #[arg(skip)]
@@ -167,6 +172,7 @@ impl Settings {
             body_timeout_ms,
             request_timeout_ms,
             max_in_flight,
+            otlp_endpoint,
             queues,
         )
     }
@@ -238,6 +244,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Consumer queues to declare at every relay (re)connect.
     pub topology: Topology,
+    /// OTLP/HTTP traces URL (`…/v1/traces`), when export is on.
+    pub otlp_traces_url: Option<String>,
 }
 
 /// Relay settings.
@@ -323,6 +331,10 @@ impl Config {
             other => bail!("log_format must be `pretty` or `json` (got `{other}`)"),
         };
         let topology = Topology::from_settings(s.queues.as_deref().unwrap_or_default(), &exchange)?;
+        let otlp_traces_url = match s.otlp_endpoint.as_deref() {
+            None | Some("") => None,
+            Some(endpoint) => Some(crate::trace::otlp::traces_url(endpoint)?),
+        };
         Ok(Config {
             listen,
             store,
@@ -357,6 +369,7 @@ impl Config {
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
             log_format,
             topology,
+            otlp_traces_url,
         })
     }
 }
@@ -445,15 +458,26 @@ mod tests {
     }
 
     #[test]
-    fn queues_come_from_the_file() {
+    fn queues_and_otlp_come_from_the_file() {
         let file: Settings = toml::from_str(
-            "[[queues]]\nname = \"billing\"\nbindings = [\"events.order.paid.#\"]\n\
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\n\
+             [[queues]]\nname = \"billing\"\nbindings = [\"events.order.paid.#\"]\n\
              delivery_limit = 5\ndead_letter = true\n",
         )
         .unwrap();
         let c = Config::from_settings(file).unwrap();
         assert_eq!(c.topology.queues.len(), 1);
         assert_eq!(c.topology.queues[0].delivery_limit, Some(5));
+        assert_eq!(
+            c.otlp_traces_url.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert!(
+            Config::from_settings(Settings::default())
+                .unwrap()
+                .otlp_traces_url
+                .is_none()
+        );
     }
 
     #[test]

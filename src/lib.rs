@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod relay;
 pub mod schema;
 pub mod telemetry;
+pub mod trace;
 
 use std::{
     net::SocketAddr,
@@ -76,7 +77,11 @@ pub async fn start(
         committed.clone(),
         &tracker,
     );
-    let relay = Relay::new(&config, store.clone(), broker.clone(), committed);
+    let spans = config
+        .otlp_traces_url
+        .clone()
+        .map(|url| trace::otlp::spawn(url, &tracker));
+    let relay = Relay::new(&config, store.clone(), broker.clone(), committed).with_spans(spans);
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(outbox::housekeeping::run(
         store.clone(),

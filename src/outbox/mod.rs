@@ -83,6 +83,8 @@ pub struct NewRow {
     pub content_hash: Vec<u8>,
     /// W3C traceparent of the request, if any.
     pub traceparent: Option<String>,
+    /// W3C tracestate of the request (only with a traceparent).
+    pub tracestate: Option<String>,
 }
 
 /// One HTTP request's worth of events, committed atomically.
@@ -136,6 +138,8 @@ pub struct Claimed {
     pub attributes: String,
     /// Trace context.
     pub traceparent: Option<String>,
+    /// Vendor trace state that came with `traceparent`.
+    pub tracestate: Option<String>,
     /// Attempts so far.
     pub attempts: i32,
     /// Commit time, µs since epoch (AMQP `timestamp`, relay lag).

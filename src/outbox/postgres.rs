@@ -64,6 +64,13 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0002_ordering_key_index.sql").into(),
                 false,
             ),
+            Migration::new(
+                5,
+                "tracestate".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0005_tracestate.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

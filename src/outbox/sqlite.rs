@@ -97,6 +97,13 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0002_ordering_key_index.sql").into(),
                 false,
             ),
+            Migration::new(
+                5,
+                "tracestate".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0005_tracestate.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

@@ -19,6 +19,7 @@ use utoipa::ToSchema;
 use crate::{
     config::{Config, RelayConfig},
     outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
+    trace::otlp::SpanSink,
 };
 pub use amqp::{Outcome, Publisher, Sent};
 
@@ -88,6 +89,7 @@ pub struct Relay {
     status: BrokerStatus,
     wake: Arc<Notify>,
     topology: topology::Topology,
+    spans: Option<SpanSink>,
 }
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
@@ -104,7 +106,14 @@ impl Relay {
             status,
             wake,
             topology: config.topology.clone(),
+            spans: None,
         }
+    }
+
+    /// Export publish spans of traced events to `spans` (OTLP).
+    pub fn with_spans(mut self, spans: Option<SpanSink>) -> Relay {
+        self.spans = spans;
+        self
     }
 
     /// Run until `token` is cancelled: connect, publish, reconnect with backoff.
@@ -112,8 +121,13 @@ impl Relay {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         while !token.is_cancelled() {
-            let connected =
-                Publisher::connect(&this.amqp_url, &this.exchange, &this.topology).await;
+            let connected = Publisher::connect(
+                &this.amqp_url,
+                &this.exchange,
+                &this.topology,
+                this.spans.clone(),
+            )
+            .await;
             match connected {
                 Ok(publisher) => {
                     backoff = Duration::from_millis(200);

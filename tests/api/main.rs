@@ -10,3 +10,4 @@ mod http_status;
 mod openapi;
 mod ordering;
 mod topology;
+mod trace_context;
