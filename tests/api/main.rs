@@ -7,6 +7,7 @@ mod delivery;
 mod faults;
 mod hostile;
 mod http_status;
+mod logs;
 mod openapi;
 mod ordering;
 mod topology;
