@@ -82,12 +82,6 @@ pub struct Topology {
     last_error: Arc<Mutex<Option<String>>>,
 }
 
-impl PartialEq for Topology {
-    fn eq(&self, other: &Self) -> bool {
-        self.queues == other.queues
-    }
-}
-
 impl Topology {
     /// Validate the `[[queues]]` entries against the events exchange they bind to.
     pub fn from_settings(queues: &[QueueSettings], exchange: &str) -> anyhow::Result<Topology> {
