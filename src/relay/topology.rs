@@ -89,19 +89,37 @@ impl Topology {
         for q in queues {
             specs.push(spec(q, exchange)?);
         }
-        // Every queue postbox declares needs one name: two entries (or an entry and another's
-        // dead-letter queue) with the same name would fight over its arguments.
-        let mut names: Vec<&str> = Vec::new();
-        for s in &specs {
-            names.push(&s.name);
-            if let Some(dl) = &s.dead_letter {
-                names.push(&dl.queue);
+        // Two entries with one name, or an entry that is another's dead-letter queue, would
+        // fight over the queue's arguments. Several entries may share a dead-letter queue (each
+        // routes to it by its name), if they agree on its type.
+        for (i, a) in specs.iter().enumerate() {
+            for b in &specs[i + 1..] {
+                if a.name == b.name {
+                    bail!("queues: the queue name `{}` is used twice", a.name);
+                }
+                if let (Some(x), Some(y)) = (&a.dead_letter, &b.dead_letter)
+                    && x.queue == y.queue
+                    && a.queue_type != b.queue_type
+                {
+                    bail!(
+                        "queues: `{}` and `{}` share the dead-letter queue `{}` but not their type",
+                        a.name,
+                        b.name,
+                        x.queue
+                    );
+                }
             }
-        }
-        let mut sorted = names.clone();
-        sorted.sort_unstable();
-        if let Some(w) = sorted.windows(2).find(|w| w[0] == w[1]) {
-            bail!("queues: the queue name `{}` is used twice", w[0]);
+            for b in &specs {
+                if let Some(dl) = &b.dead_letter
+                    && dl.queue == a.name
+                {
+                    bail!(
+                        "queues: `{}` is the dead-letter queue of `{}` and also a queue of its own",
+                        a.name,
+                        b.name
+                    );
+                }
+            }
         }
         for s in &specs {
             if let Some(dl) = &s.dead_letter
@@ -470,6 +488,23 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "accepted: {bad}");
         }
+    }
+
+    #[test]
+    fn queues_may_share_a_dead_letter_queue() {
+        let t = parse(
+            "[[queues]]\nname = \"a\"\nbindings = [\"#\"]\ndead_letter_queue = \"all.dlq\"\n\
+             [[queues]]\nname = \"b\"\nbindings = [\"#\"]\ndead_letter_queue = \"all.dlq\"",
+        )
+        .unwrap();
+        assert_eq!(t.queues.len(), 2);
+        assert!(
+            parse(
+                "[[queues]]\nname = \"a\"\nbindings = [\"#\"]\ndead_letter_queue = \"all.dlq\"\n\
+                 [[queues]]\nname = \"b\"\ntype = \"classic\"\nbindings = [\"#\"]\ndead_letter_queue = \"all.dlq\"",
+            )
+            .is_err()
+        );
     }
 
     #[test]
