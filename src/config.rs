@@ -7,6 +7,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::auth::{KeyRing, KeySpec};
+use crate::relay::topology::{QueueSettings, Topology};
 
 /// Every tunable setting, all optional so that layers can be merged.
 ///
@@ -142,6 +143,16 @@ pub struct Settings {
     /// events and use the operator endpoints). [default: false]
     #[arg(long, env = "POSTBOX_INSECURE_NO_AUTH", num_args = 0..=1, default_missing_value = "true")]
     pub insecure_no_auth: Option<bool>,
+
+    /// OTLP/HTTP collector to export the relay's publish spans to, e.g. `http://127.0.0.1:4318`
+    /// (spans are POSTed as JSON to `{endpoint}/v1/traces`). [default: off]
+    #[arg(long, env = "POSTBOX_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Consumer queues the relay declares and binds (TOML `[[queues]]` only; see
+    /// [`QueueSettings`]).
+    #[arg(skip)]
+    pub queues: Option<Vec<QueueSettings>>,
 }
 
 /// A list of API keys (a newtype so that clap reads it as one JSON value).
@@ -197,6 +208,8 @@ impl Settings {
             api_keys,
             api_keys_file,
             insecure_no_auth,
+            otlp_endpoint,
+            queues,
         )
     }
 
@@ -277,6 +290,10 @@ pub struct Config {
     pub log_format: LogFormat,
     /// API keys (empty: authentication off, loopback only unless `insecure_no_auth`).
     pub keys: std::sync::Arc<KeyRing>,
+    /// Consumer queues to declare at every relay (re)connect.
+    pub topology: Topology,
+    /// OTLP/HTTP traces URL (`…/v1/traces`), when export is on.
+    pub otlp_traces_url: Option<String>,
 }
 
 /// Relay settings.
@@ -379,6 +396,11 @@ impl Config {
                  authenticates"
             );
         }
+        let topology = Topology::from_settings(s.queues.as_deref().unwrap_or_default(), &exchange)?;
+        let otlp_traces_url = match s.otlp_endpoint.as_deref() {
+            None | Some("") => None,
+            Some(endpoint) => Some(crate::trace::otlp::traces_url(endpoint)?),
+        };
         Ok(Config {
             keys: std::sync::Arc::new(keys),
             listen,
@@ -413,6 +435,8 @@ impl Config {
             migrate_on_start: s.migrate_on_start.unwrap_or(true),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
             log_format,
+            topology,
+            otlp_traces_url,
         })
     }
 }
@@ -498,6 +522,42 @@ mod tests {
         let merged = file.overlay(cli);
         assert_eq!(merged.exchange.as_deref(), Some("cli"));
         assert_eq!(merged.max_attempts, Some(3));
+    }
+
+    #[test]
+    fn queues_and_otlp_come_from_the_file() {
+        let file: Settings = toml::from_str(
+            "otlp_endpoint = \"http://127.0.0.1:4318\"\n\
+             [[queues]]\nname = \"billing\"\nbindings = [\"events.order.paid.#\"]\n\
+             delivery_limit = 5\ndead_letter = true\n",
+        )
+        .unwrap();
+        let c = Config::from_settings(file).unwrap();
+        assert_eq!(c.topology.queues.len(), 1);
+        assert_eq!(c.topology.queues[0].delivery_limit, Some(5));
+        assert_eq!(
+            c.otlp_traces_url.as_deref(),
+            Some("http://127.0.0.1:4318/v1/traces")
+        );
+        assert!(
+            Config::from_settings(Settings::default())
+                .unwrap()
+                .otlp_traces_url
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_example_file_loads() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/postbox.toml");
+        let c = Config::from_settings(Settings::from_toml_file(&path).unwrap()).unwrap();
+        let d = Config::from_settings(Settings::default()).unwrap();
+        assert_eq!(
+            (c.listen, &c.store, &c.exchange),
+            (d.listen, &d.store, &d.exchange)
+        );
+        assert_eq!(c.relay.max_attempts, d.relay.max_attempts);
+        assert_eq!(c.topology.queues.len(), 2);
     }
 
     #[test]

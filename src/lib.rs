@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod relay;
 pub mod schema;
 pub mod telemetry;
+pub mod trace;
 
 use std::{
     net::SocketAddr,
@@ -89,7 +90,11 @@ pub async fn start(
         committed.clone(),
         &tracker,
     );
-    let relay = Relay::new(&config, store.clone(), broker.clone(), committed);
+    let spans = config
+        .otlp_traces_url
+        .clone()
+        .map(|url| trace::otlp::spawn(url, &tracker));
+    let relay = Relay::new(&config, store.clone(), broker.clone(), committed).with_spans(spans);
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(outbox::housekeeping::run(
         store.clone(),

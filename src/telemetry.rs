@@ -88,7 +88,7 @@ fn describe() {
     describe_counter!("postbox_published_total", "Events confirmed by RabbitMQ");
     describe_counter!(
         "postbox_publish_failures_total",
-        "Failed publish attempts, by reason (returned, nacked, timeout, connection)"
+        "Failed publish attempts, by reason (returned, nacked, timeout, connection, invalid)"
     );
     describe_counter!("postbox_dead_total", "Events that became dead");
     describe_histogram!(
@@ -116,6 +116,14 @@ fn describe() {
     describe_counter!(
         "postbox_broker_blocked_milliseconds_total",
         "Time publishing was blocked by RabbitMQ (connection.blocked)"
+    );
+    describe_counter!(
+        "postbox_trace_spans_exported_total",
+        "Publish spans accepted by the OTLP collector"
+    );
+    describe_counter!(
+        "postbox_trace_spans_dropped_total",
+        "Publish spans not exported, by reason (queue_full, export_failed)"
     );
     describe_counter!(
         "postbox_pruned_total",

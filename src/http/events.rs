@@ -143,7 +143,8 @@ pub enum AcceptedResponse {
     tag = "events",
     params(
         ("Idempotency-Key" = Option<String>, Header, description = "Makes the whole request idempotent (1-255 visible ASCII characters)."),
-        ("traceparent" = Option<String>, Header, description = "W3C trace context; stored and passed on as an AMQP header."),
+        ("traceparent" = Option<String>, Header, description = "W3C trace context; stored, and the relay's publish becomes its child span: the AMQP `traceparent` header has the same trace id and flags with the publish span's id. Ignored when invalid."),
+        ("tracestate" = Option<String>, Header, description = "W3C vendor trace state (with a valid `traceparent` only); stored and passed on as an AMQP header. Ignored when invalid or longer than 512 characters."),
         ("ce-specversion" = Option<String>, Header, description = "CloudEvents binary mode: `1.0`; then `ce-id`, `ce-source`, `ce-type` are required and the body is `data`."),
     ),
     request_body(
@@ -208,11 +209,7 @@ pub async fn post_events(
     caller.authorize_send(&events, mode)?;
     validate(&state, &events, mode)?;
     let idempotency = idempotency_key(&headers, &events)?;
-    let traceparent = headers
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| valid_traceparent(v))
-        .map(str::to_owned);
+    let (traceparent, tracestate) = crate::trace::from_headers(&headers);
 
     let mut keys: Vec<String> = events
         .iter()
@@ -242,7 +239,14 @@ pub async fn post_events(
     let api_key = caller.key_name();
     let rows = events
         .iter()
-        .map(|e| to_row(&state, e, traceparent.clone(), api_key.clone()))
+        .map(|e| {
+            to_row(
+                &state,
+                e,
+                (traceparent.clone(), tracestate.clone()),
+                api_key.clone(),
+            )
+        })
         .collect();
     let outcome = state
         .writer()
@@ -421,25 +425,11 @@ fn idempotency_key(headers: &HeaderMap, events: &[Event]) -> ApiResult<Option<(S
     Ok(Some((key.to_owned(), h.finalize().to_vec())))
 }
 
-/// `version-traceid-parentid-flags`, lowercase hex (W3C Trace Context §3.2).
-fn valid_traceparent(v: &str) -> bool {
-    let parts: Vec<&str> = v.split('-').collect();
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    parts.len() == 4
-        && hex(parts[0], 2)
-        && hex(parts[1], 32)
-        && hex(parts[2], 16)
-        && hex(parts[3], 2)
-}
-
+/// `trace` is the request's `(traceparent, tracestate)`.
 fn to_row(
     state: &AppState,
     e: &Event,
-    traceparent: Option<String>,
+    trace: (Option<String>, Option<String>),
     api_key: Option<String>,
 ) -> NewRow {
     let body = serde_json::to_vec(&e.cloudevent).unwrap_or_default();
@@ -468,7 +458,8 @@ fn to_row(
         body,
         attributes,
         content_hash: e.content_hash.to_vec(),
-        traceparent,
+        traceparent: trace.0,
+        tracestate: trace.1,
         api_key,
     }
 }
@@ -548,17 +539,6 @@ pub async fn find_one(state: &AppState, id: &str, query: Option<&str>) -> ApiRes
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn traceparent_format() {
-        assert!(valid_traceparent(
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-        ));
-        assert!(!valid_traceparent(
-            "00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01"
-        ));
-        assert!(!valid_traceparent("garbage"));
-    }
 
     #[test]
     fn location_adds_source_when_needed() {

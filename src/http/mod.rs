@@ -250,6 +250,13 @@ async fn not_found() -> ApiError {
 }
 
 async fn method_not_allowed() -> Response {
+    // Logged and counted like every other rejection (`ApiError::into_response`).
+    tracing::info!(
+        status = 405,
+        reason = "method-not-allowed",
+        "request rejected"
+    );
+    metrics::counter!("postbox_http_rejected_total", "reason" => "method-not-allowed").increment(1);
     let p = crate::error::Problem {
         kind: "/problems/method-not-allowed".to_owned(),
         title: "Method not allowed".to_owned(),

@@ -85,6 +85,8 @@ pub struct NewRow {
     pub traceparent: Option<String>,
     /// Name of the API key that sent it (none when authentication is off).
     pub api_key: Option<String>,
+    /// W3C tracestate of the request (only with a traceparent).
+    pub tracestate: Option<String>,
 }
 
 /// One HTTP request's worth of events, committed atomically.
@@ -138,6 +140,8 @@ pub struct Claimed {
     pub attributes: String,
     /// Trace context.
     pub traceparent: Option<String>,
+    /// Vendor trace state that came with `traceparent`.
+    pub tracestate: Option<String>,
     /// Attempts so far.
     pub attempts: i32,
     /// Commit time, µs since epoch (AMQP `timestamp`, relay lag).

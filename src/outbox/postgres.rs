@@ -71,6 +71,13 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0003_api_key.sql").into(),
                 false,
             ),
+            Migration::new(
+                5,
+                "tracestate".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0005_tracestate.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

@@ -3,17 +3,16 @@
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
 /// Columns the relay reads.
-pub const CLAIM_COLUMNS: &str =
-    "seq, event_id, ce_type, routing_key, body, attributes, traceparent, attempts, created_at";
+pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, body, attributes, traceparent, tracestate, attempts, created_at";
 
 /// Columns `GET /v1/events/{id}` reads.
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
 
-/// Rows per multi-row insert: 17 parameters each stays far below both backends' limits.
+/// Rows per multi-row insert: 18 parameters each stays far below both backends' limits.
 pub const INSERT_CHUNK: usize = 500;
 
 /// New rows are `pending` with no attempts (column defaults), due at once.
-pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, api_key, created_at, next_attempt_at, updated_at) ";
+pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, tracestate, api_key, created_at, next_attempt_at, updated_at) ";
 
 pub const INSERT_TAIL: &str =
     " on conflict (source, event_id) do nothing returning seq, source, event_id";
@@ -55,6 +54,7 @@ macro_rules! claimed_from_row {
             body: r.try_get("body")?,
             attributes: r.try_get("attributes")?,
             traceparent: r.try_get("traceparent")?,
+            tracestate: r.try_get("tracestate")?,
             attempts: r.try_get("attempts")?,
             created_at: r.try_get("created_at")?,
         }
@@ -223,6 +223,7 @@ macro_rules! shared_store_impl {
                             .push_bind(r.attributes.as_str())
                             .push_bind(r.content_hash.as_slice())
                             .push_bind(r.traceparent.as_deref())
+                            .push_bind(r.tracestate.as_deref())
                             .push_bind(r.api_key.as_deref())
                             .push_bind(now)
                             .push_bind(now)

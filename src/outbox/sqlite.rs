@@ -104,6 +104,13 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0003_api_key.sql").into(),
                 false,
             ),
+            Migration::new(
+                5,
+                "tracestate".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0005_tracestate.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

@@ -4,7 +4,7 @@
 //! lapin's automatic recovery is not used (lapin issue #450): when the connection breaks, the
 //! relay drops this publisher and connects a new one.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use futures_util::future::join_all;
 use lapin::{
@@ -15,7 +15,11 @@ use lapin::{
 };
 use serde_json::{Map, Value};
 
-use crate::outbox::Claimed;
+use super::topology::Topology;
+use crate::{
+    outbox::Claimed,
+    trace::{Child, SpanRecord, TraceParent, otlp::SpanSink},
+};
 
 /// Result of publishing one row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,14 +35,25 @@ pub struct Publisher {
     conn: Connection,
     channel: Channel,
     exchange: String,
+    spans: Option<SpanSink>,
 }
 
 /// Longest wait for the TCP + AMQP handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Longest wait for declaring the consumer topology (quorum queues take a while to create).
+const TOPOLOGY_TIMEOUT: Duration = Duration::from_secs(60);
+
 impl Publisher {
-    /// Connect, open a channel in confirm mode, and declare the durable topic exchange.
-    pub async fn connect(url: &str, exchange: &str) -> anyhow::Result<Publisher> {
+    /// Connect, open a channel in confirm mode, declare the durable topic exchange and then the
+    /// consumer topology (so no event is published before its queues exist). Publish spans of
+    /// traced events go to `spans` when OTLP export is on.
+    pub async fn connect(
+        url: &str,
+        exchange: &str,
+        topology: &Topology,
+        spans: Option<SpanSink>,
+    ) -> anyhow::Result<Publisher> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("postbox {}", std::process::id())));
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
@@ -73,10 +88,24 @@ impl Publisher {
                 anyhow::bail!("timed out setting up the RabbitMQ channel");
             }
         };
+        if !topology.is_empty() {
+            let declared =
+                tokio::time::timeout(TOPOLOGY_TIMEOUT, topology.declare(&conn, exchange)).await;
+            let failed = match declared {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.context("declaring the consumer topology")),
+                Err(_) => Some(anyhow::anyhow!("timed out declaring the consumer topology")),
+            };
+            if let Some(e) = failed {
+                let _ = conn.close(200, "topology failed".into()).await;
+                return Err(e);
+            }
+        }
         Ok(Publisher {
             conn,
             channel,
             exchange: exchange.to_owned(),
+            spans,
         })
     }
 
@@ -95,12 +124,16 @@ impl Publisher {
     pub async fn send(&self, rows: Vec<Claimed>) -> Sent {
         let mut outcomes = vec![None; rows.len()];
         let mut pending = Vec::with_capacity(rows.len());
+        let traces: Vec<Option<PublishTrace>> = rows
+            .iter()
+            .map(|row| PublishTrace::start(row, &self.exchange, self.spans.is_some()))
+            .collect();
         for (i, row) in rows.iter().enumerate() {
             // AMQP short strings hold 255 bytes; lapin panics beyond, so check first.
             let (Ok(exchange), Ok(routing_key), Some(props)) = (
                 ShortString::try_new(self.exchange.as_str()),
                 ShortString::try_new(row.routing_key.as_str()),
-                properties(row),
+                properties(row, traces[i].as_ref().map(|t| &t.ctx)),
             ) else {
                 outcomes[i] = Some(Outcome::Failed(
                     "invalid message: a name is longer than AMQP's 255-byte limit".to_owned(),
@@ -137,6 +170,8 @@ impl Publisher {
             pending,
             exchange: self.exchange.clone(),
             sent_at: tokio::time::Instant::now(),
+            traces,
+            spans: self.spans.clone(),
         }
     }
 
@@ -161,6 +196,9 @@ pub struct Sent {
     pending: Vec<(usize, PublisherConfirm)>,
     exchange: String,
     sent_at: tokio::time::Instant,
+    /// Publish spans of the rows that carry a `traceparent`, by row.
+    traces: Vec<Option<PublishTrace>>,
+    spans: Option<SpanSink>,
 }
 
 impl Sent {
@@ -178,6 +216,8 @@ impl Sent {
             pending,
             exchange,
             sent_at,
+            traces,
+            spans,
         } = self;
         let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         match tokio::time::timeout_at(sent_at + timeout, join_all(confirms)).await {
@@ -193,10 +233,16 @@ impl Sent {
                 }
             }
         }
-        let outcomes = outcomes
+        let outcomes: Vec<Outcome> = outcomes
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::Failed("not sent".to_owned())))
             .collect();
+        let end = SystemTime::now();
+        for (trace, outcome) in traces.into_iter().zip(&outcomes) {
+            if let Some(t) = trace {
+                t.finish(outcome, end, spans.as_ref());
+            }
+        }
         (rows, outcomes)
     }
 }
@@ -218,19 +264,108 @@ fn classify(r: lapin::Result<Confirmation>, exchange: &str, routing_key: &str) -
     }
 }
 
+/// The publish of one traced event: a child span of the event's stored `traceparent`, as a
+/// `tracing` span (`publish`, with the trace id, the parent's and its own span id) and, when
+/// OTLP export is on and the trace is sampled, an exported span.
+struct PublishTrace {
+    ctx: Child,
+    /// Sampled by the caller and exported.
+    sampled: bool,
+    trace_state: Option<String>,
+    span: tracing::Span,
+    start: SystemTime,
+    attributes: Vec<(&'static str, String)>,
+}
+
+impl PublishTrace {
+    /// `None` for a row without a (valid) `traceparent`. Attributes are only built when the
+    /// span will be exported.
+    fn start(row: &Claimed, exchange: &str, export: bool) -> Option<PublishTrace> {
+        let parent = TraceParent::parse(row.traceparent.as_deref()?)?;
+        let ctx = parent.child();
+        let span = tracing::info_span!(
+            "publish",
+            trace_id = %ctx.trace_id,
+            parent_span_id = %ctx.parent_id,
+            span_id = %ctx.span_id,
+            event_id = %row.event_id,
+            routing_key = %row.routing_key,
+        );
+        let sampled = parent.sampled() && export;
+        // OpenTelemetry semantic conventions for messaging (RabbitMQ) and CloudEvents.
+        let attributes = if !sampled {
+            Vec::new()
+        } else {
+            vec![
+                ("messaging.system", "rabbitmq".to_owned()),
+                ("messaging.operation.name", "publish".to_owned()),
+                ("messaging.operation.type", "send".to_owned()),
+                ("messaging.destination.name", exchange.to_owned()),
+                (
+                    "messaging.rabbitmq.destination.routing_key",
+                    row.routing_key.clone(),
+                ),
+                ("messaging.message.id", row.event_id.clone()),
+                ("cloudevents.event_id", row.event_id.clone()),
+                ("cloudevents.event_type", row.ce_type.clone()),
+            ]
+        };
+        Some(PublishTrace {
+            sampled,
+            ctx,
+            trace_state: row.tracestate.clone(),
+            span,
+            start: SystemTime::now(),
+            attributes,
+        })
+    }
+
+    fn finish(self, outcome: &Outcome, end: SystemTime, sink: Option<&SpanSink>) {
+        let error = match outcome {
+            Outcome::Confirmed => {
+                self.span.in_scope(|| tracing::debug!("published"));
+                None
+            }
+            Outcome::Failed(e) => {
+                self.span
+                    .in_scope(|| tracing::debug!(error = %e, "publish failed"));
+                Some(e.clone())
+            }
+        };
+        if let (Some(sink), true) = (sink, self.sampled) {
+            sink.record(SpanRecord {
+                ctx: self.ctx,
+                trace_state: self.trace_state,
+                name: "publish",
+                start: self.start,
+                end,
+                attributes: self.attributes,
+                error,
+            });
+        }
+    }
+}
+
 /// AMQP properties per the CloudEvents RabbitMQ binding: structured body, attributes copied
-/// into `ce-*` headers so consumers can filter without parsing, plus `traceparent`.
-/// `None` if a value does not fit an AMQP short string.
-fn properties(row: &Claimed) -> Option<BasicProperties> {
+/// into `ce-*` headers so consumers can filter without parsing, plus the W3C trace context:
+/// `traceparent` names the publish span (`trace`) as the parent of what the consumer does, and
+/// `tracestate` is passed on unchanged. `None` if a value does not fit an AMQP short string.
+fn properties(row: &Claimed, trace: Option<&Child>) -> Option<BasicProperties> {
     let mut headers = FieldTable::default();
     if let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&row.attributes) {
         ce_headers(&attrs, &mut headers)?;
     }
-    if let Some(tp) = &row.traceparent {
+    if let Some(child) = trace {
         headers.insert(
             "traceparent".into(),
-            AMQPValue::LongString(tp.as_str().into()),
+            AMQPValue::LongString(child.traceparent().into()),
         );
+        if let Some(ts) = &row.tracestate {
+            headers.insert(
+                "tracestate".into(),
+                AMQPValue::LongString(ts.as_str().into()),
+            );
+        }
     }
     let timestamp = u64::try_from(row.created_at / 1_000_000).unwrap_or(0);
     Some(
@@ -273,10 +408,12 @@ mod tests {
             body: b"{}".to_vec(),
             attributes: r#"{"id":"e1","specversion":"1.0","n":3,"b":true}"#.into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: Some("rojo=00f067aa0ba902b7".into()),
             attempts: 0,
             created_at: 1_700_000_000_000_000,
         };
-        let p = properties(&row).unwrap();
+        let trace = PublishTrace::start(&row, "events", true).unwrap();
+        let p = properties(&row, Some(&trace.ctx)).unwrap();
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(p.timestamp(), &Some(1_700_000_000));
         let h = p.headers().clone().unwrap();
@@ -284,6 +421,18 @@ mod tests {
         assert_eq!(h.get("ce-id"), Some(&AMQPValue::LongString("e1".into())));
         assert_eq!(h.get("ce-n"), Some(&AMQPValue::LongString("3".into())));
         assert_eq!(h.get("ce-b"), Some(&AMQPValue::LongString("true".into())));
-        assert!(h.contains_key("traceparent"));
+        let tp = format!(
+            "00-0af7651916cd43dd8448eb211c80319c-{}-01",
+            trace.ctx.span_id
+        );
+        assert_eq!(
+            h.get("traceparent"),
+            Some(&AMQPValue::LongString(tp.into()))
+        );
+        assert_eq!(
+            h.get("tracestate"),
+            Some(&AMQPValue::LongString("rojo=00f067aa0ba902b7".into()))
+        );
+        assert_eq!(trace.ctx.parent_id, "b7ad6b7169203331");
     }
 }

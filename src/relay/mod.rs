@@ -3,6 +3,7 @@
 //! waits while RabbitMQ blocks publishers, and stops between batches on shutdown.
 
 pub mod amqp;
+pub mod topology;
 
 use std::{
     sync::{Arc, Mutex},
@@ -18,6 +19,7 @@ use utoipa::ToSchema;
 use crate::{
     config::{Config, RelayConfig},
     outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
+    trace::otlp::SpanSink,
 };
 pub use amqp::{Outcome, Publisher, Sent};
 
@@ -86,6 +88,8 @@ pub struct Relay {
     exchange: String,
     status: BrokerStatus,
     wake: Arc<Notify>,
+    topology: topology::Topology,
+    spans: Option<SpanSink>,
 }
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
@@ -101,7 +105,15 @@ impl Relay {
             exchange: config.exchange.clone(),
             status,
             wake,
+            topology: config.topology.clone(),
+            spans: None,
         }
+    }
+
+    /// Export publish spans of traced events to `spans` (OTLP).
+    pub fn with_spans(mut self, spans: Option<SpanSink>) -> Relay {
+        self.spans = spans;
+        self
     }
 
     /// Run until `token` is cancelled: connect, publish, reconnect with backoff.
@@ -109,7 +121,14 @@ impl Relay {
         let this = Arc::new(self);
         let mut backoff = Duration::from_millis(200);
         while !token.is_cancelled() {
-            match Publisher::connect(&this.amqp_url, &this.exchange).await {
+            let connected = Publisher::connect(
+                &this.amqp_url,
+                &this.exchange,
+                &this.topology,
+                this.spans.clone(),
+            )
+            .await;
+            match connected {
                 Ok(publisher) => {
                     backoff = Duration::from_millis(200);
                     this.status.set(BrokerState::Connected, None);

@@ -23,10 +23,11 @@ async fn native_event_is_delivered(backend: Backend) {
         "subject": "order-1001", "key": "customer-42", "data": data,
     });
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
     let resp = app
         .post_with(
             "application/json",
-            &[("traceparent", traceparent)],
+            &[("traceparent", traceparent), ("tracestate", tracestate)],
             event.to_string(),
         )
         .await;
@@ -78,7 +79,18 @@ async fn native_event_is_delivered(backend: Backend) {
         header_str(&d, "ce-partitionkey").as_deref(),
         Some("customer-42")
     );
-    assert_eq!(header_str(&d, "traceparent").as_deref(), Some(traceparent));
+    // The publish is a child span: same trace id and flags, a span id of its own.
+    let tp = header_str(&d, "traceparent").expect("traceparent header");
+    let parts: Vec<&str> = tp.split('-').collect();
+    assert_eq!(parts.len(), 4, "{tp}");
+    assert_eq!(parts[0], "00");
+    assert_eq!(parts[1], "0af7651916cd43dd8448eb211c80319c", "{tp}");
+    assert!(
+        parts[2].len() == 16 && parts[2] != "b7ad6b7169203331",
+        "{tp}"
+    );
+    assert_eq!(parts[3], "01", "{tp}");
+    assert_eq!(header_str(&d, "tracestate").as_deref(), Some(tracestate));
     assert!(header_str(&d, "ce-data").is_none(), "data is not a header");
 
     let ev = app.wait_status(&location, "published", WAIT).await;

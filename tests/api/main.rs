@@ -8,5 +8,8 @@ mod delivery;
 mod faults;
 mod hostile;
 mod http_status;
+mod logs;
 mod openapi;
 mod ordering;
+mod topology;
+mod trace_context;
