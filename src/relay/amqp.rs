@@ -275,6 +275,7 @@ mod tests {
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             attempts: 0,
             created_at: 1_700_000_000_000_000,
+            partition: 0,
         };
         let p = properties(&row).unwrap();
         assert_eq!(p.delivery_mode(), &Some(2));

@@ -17,7 +17,7 @@ use utoipa::ToSchema;
 
 use crate::{
     config::{Config, RelayConfig},
-    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
+    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros, partitions::Partitions},
 };
 pub use amqp::{Outcome, Publisher, Sent};
 
@@ -86,14 +86,21 @@ pub struct Relay {
     exchange: String,
     status: BrokerStatus,
     wake: Arc<Notify>,
+    partitions: Partitions,
 }
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
 pub const PIPELINE_DEPTH: usize = 4;
 
 impl Relay {
-    /// A relay for this configuration.
-    pub fn new(config: &Config, store: Store, status: BrokerStatus, wake: Arc<Notify>) -> Relay {
+    /// A relay for this configuration, claiming from the partitions this instance owns.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        status: BrokerStatus,
+        wake: Arc<Notify>,
+        partitions: Partitions,
+    ) -> Relay {
         Relay {
             store,
             cfg: config.relay.clone(),
@@ -101,6 +108,7 @@ impl Relay {
             exchange: config.exchange.clone(),
             status,
             wake,
+            partitions,
         }
     }
 
@@ -172,7 +180,11 @@ impl Relay {
                 continue;
             }
             self.status.set(BrokerState::Connected, None);
-            match self.store.claim(self.cfg.batch, lease).await {
+            match self
+                .partitions
+                .claim(&self.store, self.cfg.batch, lease)
+                .await
+            {
                 Ok(rows) if rows.is_empty() => {
                     tokio::select! {
                         () = self.wake.notified() => {}
@@ -183,7 +195,10 @@ impl Relay {
                 }
                 Ok(rows) => {
                     let sent = publisher.send(rows).await;
-                    if tx.send(sent).await.is_err() {
+                    if let Err(mpsc::error::SendError(sent)) = tx.send(sent).await {
+                        // The settler is gone: these rows stay leased (sent again after the
+                        // lease), but are no longer in flight here.
+                        self.partitions.settled(&sent.rows).await;
                         break;
                     }
                 }
@@ -214,10 +229,14 @@ impl Relay {
                 broken.cancel();
             }
             if let Err(e) = self.settle(&settlements).await {
-                // The rows stay leased and are published again when the lease runs out: a
-                // duplicate, never a loss.
+                // The rows stay leased and are published again when the lease runs out (or at
+                // once by the next owner of their partition): a duplicate, never a loss.
                 tracing::error!(error = %e, rows = rows.len(), "could not record publish results");
             }
+            self.partitions.settled(&rows).await;
+            // A settled keyed event lets the next event of its key be claimed: claim again now
+            // rather than at the next poll.
+            self.wake.notify_one();
         }
     }
 
