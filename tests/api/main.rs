@@ -7,5 +7,6 @@ mod delivery;
 mod faults;
 mod hostile;
 mod http_status;
+mod instances;
 mod openapi;
 mod ordering;

@@ -1,0 +1,315 @@
+//! Several postbox processes on one PostgreSQL outbox and one RabbitMQ: they split the
+//! partitions evenly, each publishes its share, and when one is killed (`kill -9`) in the middle
+//! of a keyed load the others take its partitions over within seconds. Every id answered 202
+//! arrives, each key's events arrive in the order their 202s were received, and duplicates are
+//! counted (at most one per key: a key has one event in flight at a time).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+use crate::helpers::{
+    AMQP_URL, ProcApp, TestQueue, fresh_pg_database, message_id, metric_value, proc_env, unique,
+};
+
+const INSTANCES: usize = 3;
+const KEYS: usize = 30;
+const PER_KEY: usize = 80;
+/// Answers before the kill.
+const KILL_AFTER: usize = 900;
+/// The instance that is killed.
+const VICTIM: usize = 1;
+
+async fn metric(app: &ProcApp, series: &str) -> f64 {
+    metric_value(&app.metrics().await, series).unwrap_or(0.0)
+}
+
+/// Partitions owned by each app (`None` for a dead one).
+async fn owned(apps: &[ProcApp], alive: &[bool]) -> Vec<Option<f64>> {
+    let mut out = Vec::new();
+    for (app, alive) in apps.iter().zip(alive) {
+        out.push(if *alive {
+            Some(metric(app, "postbox_partitions_owned").await)
+        } else {
+            None
+        });
+    }
+    out
+}
+
+/// Wait until the live apps own all 64 partitions, each within one of a fair share; returns how
+/// long it took.
+async fn until_balanced(apps: &[ProcApp], alive: &[bool], within: Duration) -> Duration {
+    let started = Instant::now();
+    let live = alive.iter().filter(|a| **a).count() as f64;
+    let share = (64.0 / live).ceil();
+    loop {
+        let o = owned(apps, alive).await;
+        let live_owned: Vec<f64> = o.iter().flatten().copied().collect();
+        let sum: f64 = live_owned.iter().sum();
+        if sum == 64.0 && live_owned.iter().all(|n| *n >= share - 1.0 && *n <= share) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "partitions not balanced within {within:?}: owned {o:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct KeyRun {
+    /// Ids answered 202, in the order the answers were received.
+    accepted: Vec<String>,
+    conn_errors: usize,
+    other: Vec<(String, u16)>,
+}
+
+/// Post `PER_KEY` events of key `k` one after the other, round-robin over the live instances.
+async fn post_key(
+    k: usize,
+    prefix: String,
+    bases: Arc<Vec<String>>,
+    dead: Arc<Vec<AtomicBool>>,
+    answered: Arc<AtomicUsize>,
+) -> KeyRun {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("client");
+    let mut run = KeyRun {
+        accepted: Vec::new(),
+        conn_errors: 0,
+        other: Vec::new(),
+    };
+    for j in 0..PER_KEY {
+        let id = format!("{prefix}-k{k:02}-{j:03}");
+        let target = (0..INSTANCES)
+            .map(|d| (k + j + d) % INSTANCES)
+            .find(|i| !dead[*i].load(Ordering::SeqCst))
+            .expect("an instance is alive");
+        let body = json!({
+            "type": "order.paid", "version": "v1", "id": id, "source": "/test/instances",
+            "key": format!("{prefix}-key-{k:02}"),
+            "data": {"order_id": id, "amount": 1, "currency": "EUR"},
+        });
+        let sent = client
+            .post(format!("{}/v1/events", bases[target]))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await;
+        match sent {
+            Ok(r) if r.status().as_u16() == 202 => {
+                // A 202 whose body was cut off is not an answer.
+                if r.bytes().await.is_ok() {
+                    run.accepted.push(id);
+                } else {
+                    dead[target].store(true, Ordering::SeqCst);
+                    run.conn_errors += 1;
+                }
+            }
+            Ok(r) => run.other.push((id, r.status().as_u16())),
+            Err(_) => {
+                // Only the killed instance stops answering; it may have committed this event.
+                dead[target].store(true, Ordering::SeqCst);
+                run.conn_errors += 1;
+            }
+        }
+        answered.fetch_add(1, Ordering::SeqCst);
+    }
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_share_partitions_and_take_over_a_killed_one() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = fresh_pg_database().await;
+    let exchange = unique("instances");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let vars = proc_env(&database_url, AMQP_URL, &exchange);
+    let mut apps = Vec::new();
+    for i in 0..INSTANCES {
+        apps.push(ProcApp::spawn(&vars, &dir.path().join(format!("postbox-{i}.log"))).await);
+    }
+    let mut alive = vec![true; INSTANCES];
+    let balanced_in = until_balanced(&apps, &alive, Duration::from_secs(15)).await;
+    for app in &apps {
+        assert_eq!(metric(app, "postbox_instances").await, 3.0);
+    }
+
+    let prefix = unique("inst");
+    let bases = Arc::new(apps.iter().map(|a| a.base.clone()).collect::<Vec<_>>());
+    let dead = Arc::new((0..INSTANCES).map(|_| AtomicBool::new(false)).collect());
+    let answered = Arc::new(AtomicUsize::new(0));
+    let load: Vec<_> = (0..KEYS)
+        .map(|k| {
+            tokio::spawn(post_key(
+                k,
+                prefix.clone(),
+                bases.clone(),
+                Arc::clone(&dead),
+                answered.clone(),
+            ))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::SeqCst) < KILL_AFTER {
+        assert!(Instant::now() < deadline, "load too slow");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every instance has published its share of the events before the kill.
+    let mut published_before = Vec::new();
+    for app in &apps {
+        published_before.push(metric(app, "postbox_published_total").await);
+    }
+    apps[VICTIM].kill9();
+    let killed_at = Instant::now();
+    alive[VICTIM] = false;
+    let takeover = until_balanced(&apps, &alive, Duration::from_secs(10)).await;
+
+    let mut runs = Vec::new();
+    for h in load {
+        runs.push(h.await.expect("load task"));
+    }
+    let load_done_after = killed_at.elapsed();
+    let accepted: HashSet<String> = runs.iter().flat_map(|r| r.accepted.clone()).collect();
+    let accepted_n: usize = runs.iter().map(|r| r.accepted.len()).sum();
+    let conn_errors: usize = runs.iter().map(|r| r.conn_errors).sum();
+    let other: Vec<&(String, u16)> = runs.iter().flat_map(|r| &r.other).collect();
+    assert!(
+        other.is_empty(),
+        "only 202s and connection errors: {other:?}"
+    );
+    assert_eq!(accepted.len(), accepted_n, "an id was answered twice");
+    assert_eq!(accepted_n + conn_errors, KEYS * PER_KEY);
+    assert!(
+        conn_errors > 0,
+        "the kill came too late: every request was answered"
+    );
+
+    // Consume until every accepted id has arrived, then whatever else comes within a second.
+    let mut first_seen: HashMap<usize, Vec<String>> = HashMap::new();
+    let mut count: HashMap<String, usize> = HashMap::new();
+    let mut missing = accepted.len();
+    let collect_until = killed_at + Duration::from_secs(30);
+    let mut delivered_all_after = None;
+    loop {
+        let wait = if missing == 0 {
+            Duration::from_secs(1)
+        } else {
+            collect_until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+        };
+        let Some(d) = q.next(wait).await else {
+            if missing == 0 || Instant::now() >= collect_until {
+                break;
+            }
+            continue;
+        };
+        let id = message_id(&d);
+        let n = count.entry(id.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            let k: usize = id
+                .strip_prefix(&format!("{prefix}-k"))
+                .and_then(|rest| rest.get(..2))
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("a message that was never sent: {id}"));
+            first_seen.entry(k).or_default().push(id.clone());
+            if accepted.contains(&id) {
+                missing -= 1;
+                if missing == 0 {
+                    delivered_all_after = Some(killed_at.elapsed());
+                }
+            }
+        }
+    }
+    let distinct = count.len();
+    let messages: usize = count.values().sum();
+    let duplicates = messages - distinct;
+    let without_202 = count.keys().filter(|id| !accepted.contains(*id)).count();
+    let mut published_after = Vec::new();
+    for (app, alive) in apps.iter().zip(&alive) {
+        published_after.push(if *alive {
+            Some(metric(app, "postbox_published_total").await)
+        } else {
+            None
+        });
+    }
+    let mut takeover_rows = Vec::new();
+    for (app, alive) in apps.iter().zip(&alive) {
+        if *alive {
+            takeover_rows.push(metric(app, "postbox_partition_takeover_rows_total").await);
+        }
+    }
+    eprintln!(
+        "[instances] {INSTANCES} instances, {KEYS} keys x {PER_KEY}: balanced in {:.2} s; \
+         published before the kill {published_before:?}; kill -9 of instance {VICTIM} after \
+         {KILL_AFTER} answers; survivors own all partitions {:.2} s after the kill (leases \
+         released on takeover {takeover_rows:?}); load done {:.1} s after the kill; 202 \
+         {accepted_n}, connection errors {conn_errors}; delivered {distinct} distinct ids in \
+         {messages} messages, duplicates {duplicates}, delivered without a 202 {without_202}, \
+         missing {missing}; all delivered {:?} after the kill; published after {published_after:?}; \
+         {:.1} s",
+        balanced_in.as_secs_f64(),
+        takeover.as_secs_f64(),
+        load_done_after.as_secs_f64(),
+        delivered_all_after.map(|d| format!("{:.2} s", d.as_secs_f64())),
+        started.elapsed().as_secs_f64()
+    );
+
+    let missing_ids: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !count.contains_key(*id))
+        .take(10)
+        .collect();
+    assert!(
+        missing_ids.is_empty(),
+        "{missing} ids answered 202 never arrived, e.g. {missing_ids:?}\n{}\n{}",
+        apps[0].log_tail(30),
+        apps[2].log_tail(30)
+    );
+    assert_eq!(distinct, accepted_n + without_202);
+    assert!(
+        without_202 <= conn_errors,
+        "{without_202} delivered without a 202, but only {conn_errors} requests went unanswered"
+    );
+    assert!(
+        duplicates <= KEYS,
+        "{duplicates} duplicates: more than one per key in flight at the kill"
+    );
+    // Per key, the first arrivals of the accepted ids are in the order of their 202s.
+    for (k, run) in runs.iter().enumerate() {
+        let arrived: Vec<&String> = first_seen
+            .get(&k)
+            .map(|ids| ids.iter().filter(|id| accepted.contains(*id)).collect())
+            .unwrap_or_default();
+        let want: Vec<&String> = run.accepted.iter().collect();
+        assert_eq!(arrived, want, "key {k} arrived out of order");
+    }
+    for (i, n) in published_before.iter().enumerate() {
+        assert!(*n > 0.0, "instance {i} published nothing before the kill");
+    }
+    assert!(
+        takeover < Duration::from_secs(5),
+        "takeover took {takeover:?}"
+    );
+    // Without the takeover, the killed instance's claimed events would wait for their lease
+    // (2 x 5 s + 10 s here).
+    let all_after = delivered_all_after.expect("everything was delivered");
+    assert!(
+        all_after < Duration::from_secs(15),
+        "the last accepted event arrived {all_after:?} after the kill (the load ended \
+         {load_done_after:?} after it)"
+    );
+}
