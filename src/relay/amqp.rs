@@ -90,6 +90,11 @@ impl Publisher {
         self.conn.status().blocked()
     }
 
+    /// A handle on the connection's state (blocked, connected), for watchers.
+    pub fn connection_status(&self) -> lapin::ConnectionStatus {
+        self.conn.status().clone()
+    }
+
     /// Send every row without waiting for confirms; the returned [`Sent`] awaits them. Sending
     /// stops at the first channel error (the rest fail with it).
     pub async fn send(&self, rows: Vec<Claimed>) -> Sent {
@@ -137,6 +142,7 @@ impl Publisher {
             pending,
             exchange: self.exchange.clone(),
             sent_at: tokio::time::Instant::now(),
+            conn: self.connection_status(),
         }
     }
 
@@ -161,32 +167,55 @@ pub struct Sent {
     pending: Vec<(usize, PublisherConfirm)>,
     exchange: String,
     sent_at: tokio::time::Instant,
+    conn: lapin::ConnectionStatus,
 }
 
 impl Sent {
-    /// Await every confirm, at most until `timeout` after the batch was sent (not after the
-    /// settler got to it: batches queue behind each other, and every row must be settled well
-    /// within its lease); one outcome per row, in order.
+    /// Await every confirm, at most `timeout` after the batch was sent (not after the settler
+    /// got to it: batches queue behind each other, and every row must be settled well within
+    /// its lease), not counting time during which RabbitMQ blocked the connection: a blocked
+    /// broker reads nothing, so its confirms cannot come, and that is a pause, not a failed
+    /// attempt. One outcome per row, in order.
     ///
     /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
     /// error is a failed attempt; only an ack for a message that was not returned is success
     /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
     pub async fn confirm(self, timeout: Duration) -> (Vec<Claimed>, Vec<Outcome>) {
+        const TICK: Duration = Duration::from_millis(100);
         let Sent {
             rows,
             mut outcomes,
             pending,
             exchange,
             sent_at,
+            conn,
         } = self;
         let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout_at(sent_at + timeout, join_all(confirms)).await {
-            Ok(results) => {
+        let mut all = join_all(confirms);
+        let mut waited = Duration::ZERO;
+        let mut last = sent_at;
+        let results = loop {
+            match tokio::time::timeout(TICK, &mut all).await {
+                Ok(results) => break Some(results),
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if !conn.blocked() {
+                        waited += now - last;
+                    }
+                    last = now;
+                    if waited >= timeout {
+                        break None;
+                    }
+                }
+            }
+        };
+        match results {
+            Some(results) => {
                 for (i, r) in idx.into_iter().zip(results) {
                     outcomes[i] = Some(classify(r, &exchange, &rows[i].routing_key));
                 }
             }
-            Err(_) => {
+            None => {
                 let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
                 for i in idx {
                     outcomes[i] = Some(Outcome::Failed(why.clone()));

@@ -148,6 +148,11 @@ impl Relay {
     async fn publish_loop(self: &Arc<Self>, publisher: &Publisher, token: &CancellationToken) {
         let (tx, rx) = mpsc::channel::<Sent>(PIPELINE_DEPTH);
         let broken = CancellationToken::new();
+        let watcher = tokio::spawn(watch_blocked(
+            publisher.connection_status(),
+            self.status.clone(),
+            broken.child_token(),
+        ));
         let settler = tokio::spawn({
             let this = self.clone();
             let broken = broken.clone();
@@ -166,17 +171,12 @@ impl Relay {
                 break;
             }
             if publisher.is_blocked() {
-                self.status.set(
-                    BrokerState::Blocked,
-                    Some("RabbitMQ sent connection.blocked".to_owned()),
-                );
-                let started = Instant::now();
+                // connection.blocked (a memory or disk alarm): send nothing more until RabbitMQ
+                // unblocks; the blocked-time watcher keeps the state and the metric.
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     () = token.cancelled() => {}
                 }
-                metrics::counter!("postbox_broker_blocked_milliseconds_total")
-                    .increment(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
                 continue;
             }
             self.status.set(BrokerState::Connected, None);
@@ -215,6 +215,8 @@ impl Relay {
         if settler.await.is_err() {
             tracing::error!("the relay's settle task panicked");
         }
+        broken.cancel();
+        let _ = watcher.await;
     }
 
     /// Await each sent batch's confirms in order and record the results.
@@ -295,6 +297,43 @@ impl Relay {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// While RabbitMQ blocks this connection (`connection.blocked`, AMQP 0-9-1 extension sent on a
+/// memory or disk alarm), report the relay as blocked and count the time in
+/// `postbox_broker_blocked_milliseconds_total`. Runs beside the publish loop, because a publish
+/// that was under way when the block came waits inside lapin until RabbitMQ unblocks.
+async fn watch_blocked(
+    conn: lapin::ConnectionStatus,
+    status: BrokerStatus,
+    stop: CancellationToken,
+) {
+    const TICK: Duration = Duration::from_millis(100);
+    let mut last = Instant::now();
+    let mut was_blocked = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = stop.cancelled() => return,
+        }
+        let now = Instant::now();
+        let blocked = conn.blocked();
+        if blocked {
+            if was_blocked {
+                let ms = u64::try_from((now - last).as_millis()).unwrap_or(u64::MAX);
+                metrics::counter!("postbox_broker_blocked_milliseconds_total").increment(ms);
+            }
+            status.set(
+                BrokerState::Blocked,
+                Some("RabbitMQ sent connection.blocked".to_owned()),
+            );
+        } else if was_blocked {
+            tracing::info!("RabbitMQ unblocked publishing; relay resumes");
+            status.set(BrokerState::Connected, None);
+        }
+        was_blocked = blocked;
+        last = now;
     }
 }
 
