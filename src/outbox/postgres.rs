@@ -21,7 +21,8 @@ pub struct PgStore {
     /// Losing one in a crash only publishes an event again, which at-least-once allows.
     relay_pool: PgPool,
     /// For the partition-ownership connection, which is not pooled (its session holds locks).
-    options: PgConnectOptions,
+    /// (Boxed: it is large, and the store is cloned into every task.)
+    options: std::sync::Arc<PgConnectOptions>,
 }
 
 impl PgStore {
@@ -40,7 +41,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             relay_pool,
-            options: opts,
+            options: std::sync::Arc::new(opts),
         })
     }
 
@@ -102,7 +103,7 @@ impl PgStore {
 
     /// Connection options for a connection of its own (the partition-ownership session).
     pub fn connect_options(&self) -> PgConnectOptions {
-        self.options.clone()
+        PgConnectOptions::clone(&self.options)
     }
 
     /// `NOTIFY channel, payload` (see [`super::wake`]).
