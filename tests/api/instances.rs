@@ -313,3 +313,117 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
          {load_done_after:?} after it)"
     );
 }
+
+/// The connection holding the partition locks is cut (its PostgreSQL backend terminated): the
+/// instance stops claiming at once, reconnects, takes its partitions again, and nothing is lost
+/// or published twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_reacquire_partitions_after_losing_the_ownership_connection() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = fresh_pg_database().await;
+    let db = database_url
+        .rsplit('/')
+        .next()
+        .expect("database name")
+        .to_owned();
+    let exchange = unique("owner-lost");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let app = ProcApp::spawn(
+        &proc_env(&database_url, AMQP_URL, &exchange),
+        &dir.path().join("postbox.log"),
+    )
+    .await;
+    let alive = [true];
+    until_balanced(std::slice::from_ref(&app), &alive, Duration::from_secs(10)).await;
+
+    let admin = sqlx::PgPool::connect(crate::helpers::PG_ADMIN_URL)
+        .await
+        .expect("PostgreSQL");
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid) from pg_stat_activity \
+         where datname = $1 and application_name = 'postbox-partition-owner'",
+    )
+    .bind(&db)
+    .fetch_all(&admin)
+    .await
+    .expect("terminate");
+    admin.close().await;
+    assert_eq!(
+        terminated,
+        vec![true],
+        "one ownership connection per instance"
+    );
+    let cut_at = Instant::now();
+    let post = |i: usize| {
+        let app = &app;
+        async move {
+            let id = format!("lost-{i:03}");
+            let r = app
+                .client
+                .post(app.url("/v1/events"))
+                .header("content-type", "application/json")
+                .body(
+                    json!({
+                        "type": "order.paid", "version": "v1", "id": id, "source": "/test/lost",
+                        "key": format!("k{}", i % 7),
+                        "data": {"order_id": id, "amount": 1, "currency": "EUR"},
+                    })
+                    .to_string(),
+                )
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(r.status().as_u16(), 202);
+            id
+        }
+    };
+    let mut ids = HashSet::new();
+    for i in 0..50 {
+        ids.insert(post(i).await);
+    }
+    // Lost, and taken back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = app.metrics().await;
+        let lost = metric_value(&m, "postbox_partition_ownership_lost_total");
+        let owned = metric_value(&m, "postbox_partitions_owned");
+        if lost == Some(1.0) && owned == Some(64.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "ownership not back: lost {lost:?}, owned {owned:?}\n{}",
+            app.log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let back_after = cut_at.elapsed();
+    for i in 50..100 {
+        ids.insert(post(i).await);
+    }
+    let got: Vec<String> = q
+        .take(100, Duration::from_secs(10))
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    let extra = q.drain(Duration::from_millis(500)).await.len();
+    let distinct: HashSet<String> = got.iter().cloned().collect();
+    eprintln!(
+        "[instances] ownership connection terminated: partitions owned again after {:.2} s; \
+         202 100, delivered {} distinct in {} messages; {:.1} s",
+        back_after.as_secs_f64(),
+        distinct.len(),
+        got.len() + extra,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(distinct, ids);
+    assert_eq!(extra, 0, "nothing published twice");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric_value(&m, "postbox_partition_ownership_lost_total"),
+        Some(1.0)
+    );
+    assert_eq!(metric_value(&m, "postbox_published_total"), Some(100.0));
+}
