@@ -72,14 +72,52 @@ struct KeyRun {
     other: Vec<(String, u16)>,
 }
 
-/// Post `PER_KEY` events of key `k` one after the other, round-robin over the live instances.
-async fn post_key(
-    k: usize,
+/// How a keyed load runs: `bases` to post to (those marked `dead` are skipped), at most
+/// `per_key` events per key, `pace` between a key's events, until `stop` is set.
+#[derive(Clone)]
+struct KeyLoad {
     prefix: String,
     bases: Arc<Vec<String>>,
     dead: Arc<Vec<AtomicBool>>,
     answered: Arc<AtomicUsize>,
-) -> KeyRun {
+    per_key: usize,
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+}
+
+impl KeyLoad {
+    fn new(prefix: &str, bases: Vec<String>, per_key: usize) -> KeyLoad {
+        KeyLoad {
+            prefix: prefix.to_owned(),
+            dead: Arc::new(bases.iter().map(|_| AtomicBool::new(false)).collect()),
+            bases: Arc::new(bases),
+            answered: Arc::new(AtomicUsize::new(0)),
+            per_key,
+            pace: Duration::ZERO,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// One task per key.
+    fn start(&self, keys: usize) -> Vec<tokio::task::JoinHandle<KeyRun>> {
+        (0..keys)
+            .map(|k| tokio::spawn(post_key(k, self.clone())))
+            .collect()
+    }
+}
+
+/// Post the events of key `k` one after the other, round-robin over the live instances.
+async fn post_key(k: usize, load: KeyLoad) -> KeyRun {
+    let KeyLoad {
+        prefix,
+        bases,
+        dead,
+        answered,
+        per_key,
+        pace,
+        stop,
+    } = load;
+    let n = bases.len();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
@@ -89,10 +127,13 @@ async fn post_key(
         conn_errors: 0,
         other: Vec::new(),
     };
-    for j in 0..PER_KEY {
+    for j in 0..per_key {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
         let id = format!("{prefix}-k{k:02}-{j:03}");
-        let target = (0..INSTANCES)
-            .map(|d| (k + j + d) % INSTANCES)
+        let target = (0..n)
+            .map(|d| (k + j + d) % n)
             .find(|i| !dead[*i].load(Ordering::SeqCst))
             .expect("an instance is alive");
         let body = json!({
@@ -124,8 +165,84 @@ async fn post_key(
             }
         }
         answered.fetch_add(1, Ordering::SeqCst);
+        if !pace.is_zero() {
+            tokio::time::sleep(pace).await;
+        }
     }
     run
+}
+
+/// What a keyed load delivered: per key the ids in order of first arrival, and per id how many
+/// times it arrived.
+struct Collected {
+    first_seen: HashMap<usize, Vec<String>>,
+    count: HashMap<String, usize>,
+    /// Accepted ids that never arrived.
+    missing: usize,
+    /// When the last accepted id arrived.
+    all_at: Option<Instant>,
+}
+
+/// Consume until every accepted id has arrived (or `until`), then whatever else comes within a
+/// second.
+async fn collect_keyed(
+    q: &mut TestQueue,
+    prefix: &str,
+    accepted: &HashSet<String>,
+    until: Instant,
+) -> Collected {
+    let mut c = Collected {
+        first_seen: HashMap::new(),
+        count: HashMap::new(),
+        missing: accepted.len(),
+        all_at: None,
+    };
+    loop {
+        let wait = if c.missing == 0 {
+            Duration::from_secs(1)
+        } else {
+            until
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1))
+        };
+        let Some(d) = q.next(wait).await else {
+            if c.missing == 0 || Instant::now() >= until {
+                return c;
+            }
+            continue;
+        };
+        let id = message_id(&d);
+        let n = c.count.entry(id.clone()).or_default();
+        *n += 1;
+        if *n == 1 {
+            let k: usize = id
+                .strip_prefix(&format!("{prefix}-k"))
+                .and_then(|rest| rest.get(..2))
+                .and_then(|k| k.parse().ok())
+                .unwrap_or_else(|| panic!("a message that was never sent: {id}"));
+            c.first_seen.entry(k).or_default().push(id.clone());
+            if accepted.contains(&id) {
+                c.missing -= 1;
+                if c.missing == 0 {
+                    c.all_at = Some(Instant::now());
+                }
+            }
+        }
+    }
+}
+
+/// Per key, the first arrivals of the accepted ids are in the order of their 202s.
+#[track_caller]
+fn assert_key_order(runs: &[KeyRun], c: &Collected, accepted: &HashSet<String>) {
+    for (k, run) in runs.iter().enumerate() {
+        let arrived: Vec<&String> = c
+            .first_seen
+            .get(&k)
+            .map(|ids| ids.iter().filter(|id| accepted.contains(*id)).collect())
+            .unwrap_or_default();
+        let want: Vec<&String> = run.accepted.iter().collect();
+        assert_eq!(arrived, want, "key {k} arrived out of order");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,20 +264,13 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
     }
 
     let prefix = unique("inst");
-    let bases = Arc::new(apps.iter().map(|a| a.base.clone()).collect::<Vec<_>>());
-    let dead = Arc::new((0..INSTANCES).map(|_| AtomicBool::new(false)).collect());
-    let answered = Arc::new(AtomicUsize::new(0));
-    let load: Vec<_> = (0..KEYS)
-        .map(|k| {
-            tokio::spawn(post_key(
-                k,
-                prefix.clone(),
-                bases.clone(),
-                Arc::clone(&dead),
-                answered.clone(),
-            ))
-        })
-        .collect();
+    let spec = KeyLoad::new(
+        &prefix,
+        apps.iter().map(|a| a.base.clone()).collect(),
+        PER_KEY,
+    );
+    let answered = spec.answered.clone();
+    let load = spec.start(KEYS);
     let deadline = Instant::now() + Duration::from_secs(60);
     while answered.load(Ordering::SeqCst) < KILL_AFTER {
         assert!(Instant::now() < deadline, "load too slow");
@@ -196,44 +306,15 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
         "the kill came too late: every request was answered"
     );
 
-    // Consume until every accepted id has arrived, then whatever else comes within a second.
-    let mut first_seen: HashMap<usize, Vec<String>> = HashMap::new();
-    let mut count: HashMap<String, usize> = HashMap::new();
-    let mut missing = accepted.len();
-    let collect_until = killed_at + Duration::from_secs(30);
-    let mut delivered_all_after = None;
-    loop {
-        let wait = if missing == 0 {
-            Duration::from_secs(1)
-        } else {
-            collect_until
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1))
-        };
-        let Some(d) = q.next(wait).await else {
-            if missing == 0 || Instant::now() >= collect_until {
-                break;
-            }
-            continue;
-        };
-        let id = message_id(&d);
-        let n = count.entry(id.clone()).or_default();
-        *n += 1;
-        if *n == 1 {
-            let k: usize = id
-                .strip_prefix(&format!("{prefix}-k"))
-                .and_then(|rest| rest.get(..2))
-                .and_then(|k| k.parse().ok())
-                .unwrap_or_else(|| panic!("a message that was never sent: {id}"));
-            first_seen.entry(k).or_default().push(id.clone());
-            if accepted.contains(&id) {
-                missing -= 1;
-                if missing == 0 {
-                    delivered_all_after = Some(killed_at.elapsed());
-                }
-            }
-        }
-    }
+    let c = collect_keyed(
+        &mut q,
+        &prefix,
+        &accepted,
+        killed_at + Duration::from_secs(30),
+    )
+    .await;
+    let (count, missing) = (&c.count, c.missing);
+    let delivered_all_after = c.all_at.map(|t| t.duration_since(killed_at));
     let distinct = count.len();
     let messages: usize = count.values().sum();
     let duplicates = messages - distinct;
@@ -295,15 +376,7 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
         duplicates as f64 <= released,
         "{duplicates} duplicates, but only {released} leases were taken over"
     );
-    // Per key, the first arrivals of the accepted ids are in the order of their 202s.
-    for (k, run) in runs.iter().enumerate() {
-        let arrived: Vec<&String> = first_seen
-            .get(&k)
-            .map(|ids| ids.iter().filter(|id| accepted.contains(*id)).collect())
-            .unwrap_or_default();
-        let want: Vec<&String> = run.accepted.iter().collect();
-        assert_eq!(arrived, want, "key {k} arrived out of order");
-    }
+    assert_key_order(&runs, &c, &accepted);
     for (i, n) in published_before.iter().enumerate() {
         assert!(*n > 0.0, "instance {i} published nothing before the kill");
     }
@@ -433,4 +506,107 @@ async fn instances_reacquire_partitions_after_losing_the_ownership_connection() 
         Some(1.0)
     );
     assert_eq!(metric_value(&m, "postbox_published_total"), Some(100.0));
+}
+
+/// Partitions change hands under a keyed load without publishing anything twice: a third
+/// instance joins (the other two hand partitions over once their batches in flight are
+/// settled), then one leaves with SIGTERM (it settles everything before it lets go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_hand_partitions_over_under_load_without_duplicates() {
+    const KEYS: usize = 20;
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = fresh_pg_database().await;
+    let exchange = unique("handover");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let vars = proc_env(&database_url, AMQP_URL, &exchange);
+    let log = |i: usize| dir.path().join(format!("postbox-{i}.log"));
+    let mut apps = vec![
+        ProcApp::spawn(&vars, &log(0)).await,
+        ProcApp::spawn(&vars, &log(1)).await,
+    ];
+    until_balanced(&apps, &[true, true], Duration::from_secs(15)).await;
+
+    // The load goes to the first two; the third only publishes.
+    let prefix = unique("hand");
+    let mut spec = KeyLoad::new(&prefix, apps.iter().map(|a| a.base.clone()).collect(), 999);
+    spec.pace = Duration::from_millis(10);
+    let (answered, stop, dead) = (spec.answered.clone(), spec.stop.clone(), spec.dead.clone());
+    let load = spec.start(KEYS);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    apps.push(ProcApp::spawn(&vars, &log(2)).await);
+    let joined = until_balanced(&apps, &[true, true, true], Duration::from_secs(15)).await;
+    let at_join = answered.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+
+    // Instance 0 leaves: no new requests to it, then SIGTERM.
+    dead[0].store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    apps[0].term();
+    let status = apps[0].wait_exit(Duration::from_secs(15)).await;
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        apps[0].log_tail(20)
+    );
+    let left = until_balanced(&apps, &[false, true, true], Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut runs = Vec::new();
+    for h in load {
+        runs.push(h.await.expect("load task"));
+    }
+    let accepted: HashSet<String> = runs.iter().flat_map(|r| r.accepted.clone()).collect();
+    let accepted_n: usize = runs.iter().map(|r| r.accepted.len()).sum();
+    let conn_errors: usize = runs.iter().map(|r| r.conn_errors).sum();
+    let other: Vec<&(String, u16)> = runs.iter().flat_map(|r| &r.other).collect();
+    assert!(
+        other.is_empty() && conn_errors == 0,
+        "every POST answered 202: {other:?}, {conn_errors} connection errors"
+    );
+    assert_eq!(accepted.len(), accepted_n);
+
+    let c = collect_keyed(
+        &mut q,
+        &prefix,
+        &accepted,
+        Instant::now() + Duration::from_secs(20),
+    )
+    .await;
+    let messages: usize = c.count.values().sum();
+    let mut released = 0.0;
+    let mut taken_over = 0.0;
+    let mut published = Vec::new();
+    for app in &apps[1..] {
+        let m = app.metrics().await;
+        released += metric_value(&m, "postbox_partitions_released_total").unwrap_or(0.0);
+        taken_over += metric_value(&m, "postbox_partition_takeover_rows_total").unwrap_or(0.0);
+        published.push(metric_value(&m, "postbox_published_total").unwrap_or(0.0));
+    }
+    eprintln!(
+        "[instances] handover: third instance joined and balanced in {:.2} s (after {at_join} \
+         answers), SIGTERM of the first, others own everything {:.2} s later; partitions handed \
+         over by the survivors {released}, leases taken over {taken_over}; 202 {accepted_n}; \
+         delivered {} distinct ids in {messages} messages, missing {}; published by the \
+         survivors {published:?}; {:.1} s",
+        joined.as_secs_f64(),
+        left.as_secs_f64(),
+        c.count.len(),
+        c.missing,
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(c.missing, 0, "every 202 arrived");
+    assert_eq!(c.count.len(), accepted_n, "nothing that was not accepted");
+    assert_eq!(messages, accepted_n, "nothing published twice");
+    assert_key_order(&runs, &c, &accepted);
+    assert!(
+        released > 0.0,
+        "instance 1 handed partitions to the newcomer"
+    );
+    assert_eq!(
+        taken_over, 0.0,
+        "a graceful handover leaves no lease behind"
+    );
+    assert!(published[1] > 0.0, "the newcomer published");
 }
