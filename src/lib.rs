@@ -80,6 +80,7 @@ pub async fn start(
                 pg.clone(),
                 partitions.clone(),
                 broker.clone(),
+                committed.clone(),
                 token.clone(),
             ));
             let tag = outbox::wake::instance_tag();

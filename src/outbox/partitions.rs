@@ -182,12 +182,14 @@ pub async fn own(
     store: PgStore,
     partitions: Partitions,
     broker: BrokerStatus,
+    relay: Arc<tokio::sync::Notify>,
     token: CancellationToken,
 ) {
     let mut owner = Owner {
         store,
         partitions,
         broker,
+        relay,
         unreachable_since: None,
         conn: None,
         present: false,
@@ -218,6 +220,8 @@ struct Owner {
     partitions: Partitions,
     /// The relay's view of RabbitMQ.
     broker: BrokerStatus,
+    /// Wakes the relay (to claim from partitions just taken over).
+    relay: Arc<tokio::sync::Notify>,
     /// Since when the relay has been unable to reach RabbitMQ, as seen by the rounds.
     unreachable_since: Option<std::time::Instant>,
     /// The session holding this instance's advisory locks.
@@ -284,9 +288,10 @@ impl Owner {
             claimable |= 1u64 << p;
         }
         need = share.saturating_sub(claimable.count_ones());
+        let mut acquired = 0;
         if need > 0 {
-            let got = self.acquire(need).await?;
-            claimable |= got;
+            acquired = self.acquire(need).await?;
+            claimable |= acquired;
         }
         // Hand back what exceeds the share: first stop claiming from it...
         let extra = claimable.count_ones().saturating_sub(share);
@@ -295,6 +300,10 @@ impl Owner {
             claimable &= !mask_of(&give);
         }
         self.partitions.set_claimable(claimable).await;
+        if acquired != 0 {
+            // Their events (a dead owner's among them) need not wait for the next poll.
+            self.relay.notify_one();
+        }
         // ...then unlock it once its batches in flight are settled.
         let idle = self.partitions.idle(self.held & !claimable).await;
         if idle != 0 {
