@@ -610,3 +610,62 @@ async fn instances_hand_partitions_over_under_load_without_duplicates() {
     );
     assert!(published[1] > 0.0, "the newcomer published");
 }
+
+/// With polling slowed to 10 s, events committed by one instance and owned by the other are
+/// still published at once: the committing instance notifies the others (`LISTEN/NOTIFY`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_wake_each_other_after_commits() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = fresh_pg_database().await;
+    let exchange = unique("wake");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let mut vars = proc_env(&database_url, AMQP_URL, &exchange);
+    vars.retain(|(k, _)| k != "POSTBOX_POLL_MS");
+    vars.push(("POSTBOX_POLL_MS".into(), "10000".into()));
+    let apps = vec![
+        ProcApp::spawn(&vars, &dir.path().join("postbox-0.log")).await,
+        ProcApp::spawn(&vars, &dir.path().join("postbox-1.log")).await,
+    ];
+    until_balanced(&apps, &[true, true], Duration::from_secs(15)).await;
+    // Let both relays go back to sleep on their 10 s poll.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let prefix = unique("wake");
+    let posted = Instant::now();
+    let mut ids = HashSet::new();
+    for i in 0..40 {
+        let id = format!("{prefix}-{i:02}");
+        let r = apps[0]
+            .client
+            .post(apps[0].url("/v1/events"))
+            .header("content-type", "application/json")
+            .body(
+                json!({
+                    "type": "order.paid", "version": "v1", "id": id, "source": "/test/wake",
+                    "data": {"order_id": id, "amount": 1, "currency": "EUR"},
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(r.status().as_u16(), 202);
+        ids.insert(id);
+    }
+    let got: HashSet<String> = q
+        .take(40, Duration::from_secs(3))
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    let took = posted.elapsed();
+    let by_other = metric(&apps[1], "postbox_published_total").await;
+    eprintln!(
+        "[instances] wake: 40 events posted to one instance, delivered in {:.2} s with 10 s \
+         polling; published by the other instance {by_other}",
+        took.as_secs_f64()
+    );
+    assert_eq!(got, ids);
+    assert!(by_other > 0.0, "the other instance owns some of them");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+}
