@@ -16,7 +16,8 @@ use std::{
 use serde_json::json;
 
 use crate::helpers::{
-    AMQP_URL, ProcApp, TestQueue, fresh_pg_database, message_id, metric_value, proc_env, unique,
+    AMQP_URL, ProcApp, SwitchableProxy, TestQueue, fresh_pg_database, message_id, metric_value,
+    proc_env, unique,
 };
 
 const INSTANCES: usize = 3;
@@ -668,4 +669,109 @@ async fn instances_wake_each_other_after_commits() {
     assert_eq!(got, ids);
     assert!(by_other > 0.0, "the other instance owns some of them");
     assert!(took < Duration::from_secs(5), "{took:?}");
+}
+
+/// An instance that cannot reach RabbitMQ (its own connection cut through a proxy) hands its
+/// partitions to the instance that can, so the events it accepts are still published; once it
+/// reaches RabbitMQ again it takes its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_without_the_broker_hand_their_partitions_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database_url = fresh_pg_database().await;
+    let exchange = unique("nobroker");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let proxy = SwitchableProxy::reserve();
+    proxy.start().await;
+    let apps = vec![
+        ProcApp::spawn(
+            &proc_env(&database_url, &proxy.amqp_url(), &exchange),
+            &dir.path().join("postbox-0.log"),
+        )
+        .await,
+        ProcApp::spawn(
+            &proc_env(&database_url, AMQP_URL, &exchange),
+            &dir.path().join("postbox-1.log"),
+        )
+        .await,
+    ];
+    until_balanced(&apps, &[true, true], Duration::from_secs(15)).await;
+
+    let prefix = unique("nobroker");
+    let post = |i: usize| {
+        let app = &apps[0];
+        let id = format!("{prefix}-{i:02}");
+        async move {
+            let r = app
+                .client
+                .post(app.url("/v1/events"))
+                .header("content-type", "application/json")
+                .body(
+                    json!({
+                        "type": "order.paid", "version": "v1", "id": id, "source": "/test/nobroker",
+                        "data": {"order_id": id, "amount": 1, "currency": "EUR"},
+                    })
+                    .to_string(),
+                )
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(r.status().as_u16(), 202);
+            id
+        }
+    };
+    proxy.cut().await;
+    let cut_at = Instant::now();
+    let mut ids = HashSet::new();
+    for i in 0..30 {
+        ids.insert(post(i).await);
+    }
+    // After 5 s without RabbitMQ, instance 0 lets go; instance 1 owns everything.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let o = owned(&apps, &[true, true]).await;
+        if o == [Some(0.0), Some(64.0)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not handed over: {o:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let handed_after = cut_at.elapsed();
+    assert_eq!(metric(&apps[1], "postbox_instances").await, 1.0);
+    let first: HashSet<String> = q
+        .take(30, Duration::from_secs(5))
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    let delivered_after = cut_at.elapsed();
+    assert_eq!(first, ids);
+    assert_eq!(metric(&apps[0], "postbox_published_total").await, 0.0);
+
+    // RabbitMQ is back for instance 0: it takes its share again and publishes.
+    proxy.start().await;
+    let rebalanced = until_balanced(&apps, &[true, true], Duration::from_secs(20)).await;
+    let mut more = HashSet::new();
+    for i in 30..60 {
+        more.insert(post(i).await);
+    }
+    let second: HashSet<String> = q
+        .take(30, Duration::from_secs(5))
+        .await
+        .iter()
+        .map(message_id)
+        .collect();
+    let extra = q.drain(Duration::from_millis(500)).await.len();
+    let by_first = metric(&apps[0], "postbox_published_total").await;
+    eprintln!(
+        "[instances] broker cut for one instance: it handed its partitions over after {:.1} s, \
+         its 30 events delivered {:.1} s after the cut; back in balance {:.1} s after the broker \
+         returned; 30 more delivered ({by_first} by the instance that was cut off); duplicates \
+         {extra}",
+        handed_after.as_secs_f64(),
+        delivered_after.as_secs_f64(),
+        rebalanced.as_secs_f64()
+    );
+    assert_eq!(second, more);
+    assert_eq!(extra, 0, "nothing published twice");
+    assert!(by_first > 0.0, "instance 0 publishes again");
 }
