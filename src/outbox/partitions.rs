@@ -7,8 +7,8 @@
 //! connection, plus a shared "presence" advisory lock per instance so that the live instances
 //! can be counted in `pg_locks`. Every [`REBALANCE_EVERY`] each instance aims at a fair share
 //! of `P / live instances` partitions (one more for some, so that the shares add up to `P`):
-//! it locks free partitions up to its share and hands back extra
-//! ones, but only once the batches it has in flight for them are settled. When an instance
+//! it locks free partitions up to its share and hands back extra ones, but only once the
+//! batches it has in flight for them are settled. When an instance
 //! dies, PostgreSQL ends its session and its locks go with it; the others see fewer instances
 //! and free partitions at their next round and take them over, releasing the leases of the
 //! rows the dead instance had claimed so that they are published at once rather than when
@@ -312,7 +312,7 @@ impl Owner {
         Ok(())
     }
 
-    /// Connect the ownership session and announce this instance (shared presence lock).
+    /// Connect the ownership session (the next round takes the presence lock on it).
     async fn connect(&mut self) -> anyhow::Result<()> {
         // If this host or its network dies without closing the connection, the server notices
         // through keepalives within ~10 s and frees the locks; a clean exit or a kill -9 closes
