@@ -27,7 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::Config,
     http::AppState,
-    outbox::{OutboxStore, Store, writer::Writer},
+    outbox::{OutboxStore, Store, partitions::Partitions, writer::Writer},
     relay::{BrokerStatus, Relay},
     schema::Registry,
 };
@@ -83,18 +83,57 @@ pub async fn start(
     let committed = Arc::new(Notify::new());
     let pending = Arc::new(AtomicI64::new(0));
     let broker = BrokerStatus::default();
+    // One instance owns all of an embedded SQLite outbox; PostgreSQL instances split it, and
+    // wake each other's relays after their commits.
+    let mut commit_signals = vec![committed.clone()];
+    let partitions = match &store {
+        Store::Sqlite(_) => Partitions::all(),
+        Store::Postgres(pg) => {
+            let partitions = Partitions::none();
+            tracker.spawn(outbox::partitions::own(
+                pg.clone(),
+                partitions.clone(),
+                broker.clone(),
+                committed.clone(),
+                token.clone(),
+            ));
+            let tag = outbox::wake::instance_tag();
+            let announce = Arc::new(Notify::new());
+            commit_signals.push(announce.clone());
+            tracker.spawn(outbox::wake::announce(
+                pg.clone(),
+                tag.clone(),
+                announce,
+                token.clone(),
+            ));
+            tracker.spawn(outbox::wake::listen(
+                pg.clone(),
+                tag,
+                committed.clone(),
+                token.clone(),
+            ));
+            partitions
+        }
+    };
     let writer = Writer::spawn(
         store.clone(),
         config.writer_queue,
         config.writer_batch,
-        committed.clone(),
+        commit_signals,
         &tracker,
     );
     let spans = config
         .otlp_traces_url
         .clone()
         .map(|url| trace::otlp::spawn(url, &tracker));
-    let relay = Relay::new(&config, store.clone(), broker.clone(), committed).with_spans(spans);
+    let relay = Relay::new(
+        &config,
+        store.clone(),
+        broker.clone(),
+        committed,
+        partitions,
+    )
+    .with_spans(spans);
     tracker.spawn(relay.run(token.clone()));
     tracker.spawn(outbox::housekeeping::run(
         store.clone(),

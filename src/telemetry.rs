@@ -117,6 +117,30 @@ fn describe() {
         "postbox_broker_blocked_milliseconds_total",
         "Time publishing was blocked by RabbitMQ (connection.blocked)"
     );
+    describe_gauge!(
+        "postbox_partitions_owned",
+        "Outbox partitions this instance publishes (all 64 with SQLite)"
+    );
+    describe_gauge!(
+        "postbox_instances",
+        "Live postbox instances on this PostgreSQL outbox"
+    );
+    describe_counter!(
+        "postbox_partitions_acquired_total",
+        "Partitions this instance took (at start, for balance, or from a dead instance)"
+    );
+    describe_counter!(
+        "postbox_partitions_released_total",
+        "Partitions this instance handed over to others for balance"
+    );
+    describe_counter!(
+        "postbox_partition_takeover_rows_total",
+        "Leased rows of a previous partition owner made claimable at once on takeover"
+    );
+    describe_counter!(
+        "postbox_partition_ownership_lost_total",
+        "Times the partition-ownership connection to PostgreSQL was lost"
+    );
     describe_counter!(
         "postbox_trace_spans_exported_total",
         "Publish spans accepted by the OTLP collector"

@@ -4,9 +4,11 @@
 //! same SQL and the same decoding serve SQLite and PostgreSQL (see `sql.rs`).
 
 pub mod housekeeping;
+pub mod partitions;
 mod postgres;
 mod sql;
 mod sqlite;
+pub mod wake;
 pub mod writer;
 
 use std::{future::Future, time::Duration};
@@ -89,6 +91,14 @@ pub struct NewRow {
     pub tracestate: Option<String>,
 }
 
+impl NewRow {
+    /// The partition this event belongs to: all events of one ordering key share one, so the
+    /// instance that owns it publishes them in order; unkeyed events spread by id.
+    pub fn partition(&self) -> i32 {
+        partitions::partition_of(self.ordering_key.as_deref().unwrap_or(&self.event_id))
+    }
+}
+
 /// One HTTP request's worth of events, committed atomically.
 #[derive(Debug, Clone)]
 pub struct WriteRequest {
@@ -146,6 +156,8 @@ pub struct Claimed {
     pub attempts: i32,
     /// Commit time, µs since epoch (AMQP `timestamp`, relay lag).
     pub created_at: i64,
+    /// Partition (see [`partitions`]).
+    pub partition: i32,
 }
 
 /// Result of one publish attempt.
@@ -261,11 +273,12 @@ pub trait OutboxStore: Send + Sync {
         id: &str,
         source: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
-    /// Lease up to `limit` due rows, oldest first.
+    /// Lease up to `limit` due rows, oldest first; only rows of `partitions` when given.
     fn claim(
         &self,
         limit: u32,
         lease: Duration,
+        partitions: Option<&[i32]>,
     ) -> impl Future<Output = StoreResult<Vec<Claimed>>> + Send;
     /// Record publish results.
     fn settle(&self, results: &[Settlement]) -> impl Future<Output = StoreResult<()>> + Send;
@@ -320,8 +333,9 @@ impl Store {
     }
 
     /// At start-up: an embedded SQLite outbox has one relay (this process), so leases left by a
-    /// crash are stale and released at once; PostgreSQL leases expire on their own, since
-    /// other instances may hold live ones.
+    /// crash are stale and released at once. With PostgreSQL other instances may hold live
+    /// leases; those of a dead instance are released when its partitions are taken over (see
+    /// [`partitions`]).
     pub async fn release_stale_leases(&self) -> StoreResult<()> {
         match self {
             Store::Sqlite(s) => s.release_leases().await,
@@ -360,8 +374,13 @@ impl OutboxStore for Store {
     async fn find(&self, id: &str, source: Option<&str>) -> StoreResult<Vec<EventRecord>> {
         delegate!(self, s => s.find(id, source).await)
     }
-    async fn claim(&self, limit: u32, lease: Duration) -> StoreResult<Vec<Claimed>> {
-        delegate!(self, s => s.claim(limit, lease).await)
+    async fn claim(
+        &self,
+        limit: u32,
+        lease: Duration,
+        partitions: Option<&[i32]>,
+    ) -> StoreResult<Vec<Claimed>> {
+        delegate!(self, s => s.claim(limit, lease, partitions).await)
     }
     async fn settle(&self, results: &[Settlement]) -> StoreResult<()> {
         delegate!(self, s => s.settle(results).await)

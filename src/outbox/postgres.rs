@@ -1,5 +1,6 @@
-//! PostgreSQL outbox, shared by several postbox instances: claims use `FOR UPDATE SKIP LOCKED`
-//! and a lease, so instances never publish the same row at the same time.
+//! PostgreSQL outbox, shared by several postbox instances: each instance claims only rows of the
+//! partitions it owns (see [`super::partitions`]), with `FOR UPDATE SKIP LOCKED` and a lease, so
+//! instances never publish the same row at the same time.
 
 use std::time::Duration;
 
@@ -19,6 +20,9 @@ pub struct PgStore {
     /// The relay's leases and settlements, with `synchronous_commit=off`: no WAL flush wait.
     /// Losing one in a crash only publishes an event again, which at-least-once allows.
     relay_pool: PgPool,
+    /// For the partition-ownership connection, which is not pooled (its session holds locks).
+    /// (Boxed: it is large, and the store is cloned into every task.)
+    options: std::sync::Arc<PgConnectOptions>,
 }
 
 impl PgStore {
@@ -33,8 +37,12 @@ impl PgStore {
         let relay_pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(opts.options([("synchronous_commit", "off")]));
-        Ok(PgStore { pool, relay_pool })
+            .connect_lazy_with(opts.clone().options([("synchronous_commit", "off")]));
+        Ok(PgStore {
+            pool,
+            relay_pool,
+            options: std::sync::Arc::new(opts),
+        })
     }
 
     /// PostgreSQL takes concurrent writers; nothing to wait for.
@@ -72,6 +80,13 @@ impl PgStore {
                 false,
             ),
             Migration::new(
+                4,
+                "partitions".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0004_partitions.sql").into(),
+                false,
+            ),
+            Migration::new(
                 5,
                 "tracestate".into(),
                 MigrationType::Simple,
@@ -89,6 +104,46 @@ impl PgStore {
 impl PgStore {
     /// Several instances claim concurrently: skip rows another instance is claiming.
     const CLAIM_LOCK: &'static str = "for update skip locked";
+
+    /// The partitions this instance owns, as one `int4[]` (`$4`).
+    const PARTITION_FILTER: &'static str = "and o.partition_id = any($4)";
+
+    fn bind_partitions<'q>(
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        partitions: &[i32],
+    ) -> StoreResult<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {
+        Ok(query.bind(partitions.to_vec()))
+    }
+
+    /// Connection options for a connection of its own (the partition-ownership session).
+    pub fn connect_options(&self) -> PgConnectOptions {
+        PgConnectOptions::clone(&self.options)
+    }
+
+    /// `NOTIFY channel, payload` (see [`super::wake`]).
+    pub async fn notify(&self, channel: &str, payload: &str) -> StoreResult<()> {
+        sqlx::query("select pg_notify($1, $2)")
+            .bind(channel)
+            .bind(payload)
+            .execute(&self.relay_pool)
+            .await
+            .map(|_| ())
+    }
+
+    /// Make the leased pending rows of `partitions` claimable at once: this instance has just
+    /// taken them over, so their leases belong to a previous owner that is gone (it released
+    /// its advisory locks by dying, or after settling everything it had in flight). Returns how
+    /// many rows were released.
+    pub async fn release_partition_leases(&self, partitions: &[i32]) -> StoreResult<u64> {
+        sqlx::query(
+            "update outbox set lease_until = null where partition_id = any($1) \
+             and status = 'pending' and lease_until is not null",
+        )
+        .bind(partitions.to_vec())
+        .execute(&self.relay_pool)
+        .await
+        .map(|r| r.rows_affected())
+    }
 
     async fn mark_published(
         tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,

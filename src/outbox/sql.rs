@@ -3,16 +3,16 @@
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
 /// Columns the relay reads.
-pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, body, attributes, traceparent, tracestate, attempts, created_at";
+pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, body, attributes, traceparent, tracestate, attempts, created_at, partition_id";
 
 /// Columns `GET /v1/events/{id}` reads.
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
 
-/// Rows per multi-row insert: 18 parameters each stays far below both backends' limits.
+/// Rows per multi-row insert: 19 parameters each stays far below both backends' limits.
 pub const INSERT_CHUNK: usize = 500;
 
 /// New rows are `pending` with no attempts (column defaults), due at once.
-pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, tracestate, api_key, created_at, next_attempt_at, updated_at) ";
+pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, tracestate, api_key, created_at, next_attempt_at, updated_at, partition_id) ";
 
 pub const INSERT_TAIL: &str =
     " on conflict (source, event_id) do nothing returning seq, source, event_id";
@@ -57,14 +57,16 @@ macro_rules! claimed_from_row {
             tracestate: r.try_get("tracestate")?,
             attempts: r.try_get("attempts")?,
             created_at: r.try_get("created_at")?,
+            partition: r.try_get("partition_id")?,
         }
     }};
 }
 pub(crate) use claimed_from_row;
 
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
-/// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields, `migrator()`, `mark_published(tx, seqs, now)` and a
-/// `CLAIM_LOCK` clause appended to the claim's row selection.
+/// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
+/// `migrator()`, `mark_published(tx, seqs, now)`, a `CLAIM_LOCK` clause appended to the
+/// claim's row selection, and a `PARTITION_FILTER` condition on `$4` with `bind_partitions`.
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $name:literal) => {
         impl $crate::outbox::OutboxStore for $store {
@@ -95,36 +97,44 @@ macro_rules! shared_store_impl {
                 self.find_events(id, source).await
             }
 
-            /// Due, unleased rows in commit order. A keyed row is taken only when it is the
-            /// oldest pending row of its key, so events with one key are published one at a
-            /// time, in commit order, across retries and instances; a failing event holds back
-            /// only its own key. (A dead event no longer holds its key back.)
+            /// Due, unleased rows in commit order (of the given partitions only, when several
+            /// instances split the outbox). A keyed row is taken only when it is the oldest
+            /// pending row of its key, so events with one key are published one at a time, in
+            /// commit order, across retries and instances; a failing event holds back only its
+            /// own key. (A dead event no longer holds its key back.)
             async fn claim(
                 &self,
                 limit: u32,
                 lease: std::time::Duration,
+                partitions: Option<&[i32]>,
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::Claimed>> {
+                if partitions.is_some_and(|p| p.is_empty()) {
+                    return Ok(Vec::new());
+                }
                 let now = $crate::outbox::now_micros();
                 let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
                 let q = format!(
                     "update outbox set lease_until = $1 where seq in \
                      (select o.seq from outbox o where o.status = 'pending' \
-                      and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) \
+                      and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {} \
                       and (o.ordering_key is null or not exists \
                         (select 1 from outbox p where p.ordering_key = o.ordering_key \
                          and p.status = 'pending' and p.seq < o.seq)) \
                       order by o.seq limit $3 {}) \
                      returning {}",
+                    if partitions.is_some() { Self::PARTITION_FILTER } else { "" },
                     Self::CLAIM_LOCK,
                     $crate::outbox::sql::CLAIM_COLUMNS
                 );
                 let _serial = self.serialize_writes().await;
-                let rows = sqlx::query(q.as_str())
+                let mut query = sqlx::query(q.as_str())
                     .bind(lease_until)
                     .bind(now)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.relay_pool)
-                    .await?;
+                    .bind(i64::from(limit));
+                if let Some(p) = partitions {
+                    query = Self::bind_partitions(query, p)?;
+                }
+                let rows = query.fetch_all(&self.relay_pool).await?;
                 let mut claimed = Vec::with_capacity(rows.len());
                 for r in &rows {
                     claimed.push($crate::outbox::sql::claimed_from_row!(r));
@@ -227,7 +237,8 @@ macro_rules! shared_store_impl {
                             .push_bind(r.api_key.as_deref())
                             .push_bind(now)
                             .push_bind(now)
-                            .push_bind(now);
+                            .push_bind(now)
+                            .push_bind(r.partition());
                     });
                     qb.push(sql::INSERT_TAIL);
                     for row in qb.build().fetch_all(&mut *tx).await? {

@@ -105,6 +105,13 @@ impl SqliteStore {
                 false,
             ),
             Migration::new(
+                4,
+                "partitions".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0004_partitions.sql").into(),
+                false,
+            ),
+            Migration::new(
                 5,
                 "tracestate".into(),
                 MigrationType::Simple,
@@ -122,6 +129,19 @@ impl SqliteStore {
 impl SqliteStore {
     /// One writer at a time in SQLite: nothing to skip.
     const CLAIM_LOCK: &'static str = "";
+
+    /// The claim's partitions travel as one JSON array (`$4`).
+    const PARTITION_FILTER: &'static str =
+        "and o.partition_id in (select value from json_each($4))";
+
+    fn bind_partitions<'q>(
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        partitions: &[i32],
+    ) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
+        let ids =
+            serde_json::to_string(partitions).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        Ok(query.bind(ids))
+    }
 
     /// One statement for the whole batch: the seqs travel as one JSON array.
     async fn mark_published(

@@ -42,12 +42,13 @@ pub struct Writer {
 
 impl Writer {
     /// Start the writer task. It stops once every `Writer` handle is dropped and the queue is
-    /// drained, so in-flight requests are always answered.
+    /// drained, so in-flight requests are always answered. Each of `committed` is notified
+    /// after every commit (the relay; the cross-instance announcer).
     pub fn spawn(
         store: Store,
         queue: usize,
         max_events: usize,
-        committed: Arc<Notify>,
+        committed: Vec<Arc<Notify>>,
         tracker: &TaskTracker,
     ) -> Writer {
         let (tx, rx) = mpsc::channel(queue);
@@ -66,7 +67,12 @@ impl Writer {
     }
 }
 
-async fn run(store: Store, mut rx: mpsc::Receiver<Job>, max_events: usize, committed: Arc<Notify>) {
+async fn run(
+    store: Store,
+    mut rx: mpsc::Receiver<Job>,
+    max_events: usize,
+    committed: Vec<Arc<Notify>>,
+) {
     let mut reqs: Vec<WriteRequest> = Vec::new();
     let mut replies: Vec<Reply> = Vec::new();
     while let Some(first) = rx.recv().await {
@@ -87,7 +93,9 @@ async fn run(store: Store, mut rx: mpsc::Receiver<Job>, max_events: usize, commi
         reqs.clear();
         match result {
             Ok(Ok(outcomes)) => {
-                committed.notify_one();
+                for c in &committed {
+                    c.notify_one();
+                }
                 for (reply, outcome) in replies.drain(..).zip(outcomes) {
                     let _ = reply.send(Ok(outcome));
                 }

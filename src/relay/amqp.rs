@@ -119,6 +119,11 @@ impl Publisher {
         self.conn.status().blocked()
     }
 
+    /// A handle on the connection's state (blocked, connected), for watchers.
+    pub fn connection_status(&self) -> lapin::ConnectionStatus {
+        self.conn.status().clone()
+    }
+
     /// Send every row without waiting for confirms; the returned [`Sent`] awaits them. Sending
     /// stops at the first channel error (the rest fail with it).
     pub async fn send(&self, rows: Vec<Claimed>) -> Sent {
@@ -172,6 +177,7 @@ impl Publisher {
             sent_at: tokio::time::Instant::now(),
             traces,
             spans: self.spans.clone(),
+            conn: self.connection_status(),
         }
     }
 
@@ -199,17 +205,21 @@ pub struct Sent {
     /// Publish spans of the rows that carry a `traceparent`, by row.
     traces: Vec<Option<PublishTrace>>,
     spans: Option<SpanSink>,
+    conn: lapin::ConnectionStatus,
 }
 
 impl Sent {
-    /// Await every confirm, at most until `timeout` after the batch was sent (not after the
-    /// settler got to it: batches queue behind each other, and every row must be settled well
-    /// within its lease); one outcome per row, in order.
+    /// Await every confirm, at most `timeout` after the batch was sent (not after the settler
+    /// got to it: batches queue behind each other, and every row must be settled well within
+    /// its lease), not counting time during which RabbitMQ blocked the connection: a blocked
+    /// broker reads nothing, so its confirms cannot come, and that is a pause, not a failed
+    /// attempt. One outcome per row, in order.
     ///
     /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
     /// error is a failed attempt; only an ack for a message that was not returned is success
     /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
     pub async fn confirm(self, timeout: Duration) -> (Vec<Claimed>, Vec<Outcome>) {
+        const TICK: Duration = Duration::from_millis(100);
         let Sent {
             rows,
             mut outcomes,
@@ -218,15 +228,34 @@ impl Sent {
             sent_at,
             traces,
             spans,
+            conn,
         } = self;
         let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        match tokio::time::timeout_at(sent_at + timeout, join_all(confirms)).await {
-            Ok(results) => {
+        let mut all = join_all(confirms);
+        let mut waited = Duration::ZERO;
+        let mut last = sent_at;
+        let results = loop {
+            match tokio::time::timeout(TICK, &mut all).await {
+                Ok(results) => break Some(results),
+                Err(_) => {
+                    let now = tokio::time::Instant::now();
+                    if !conn.blocked() {
+                        waited += now - last;
+                    }
+                    last = now;
+                    if waited >= timeout {
+                        break None;
+                    }
+                }
+            }
+        };
+        match results {
+            Some(results) => {
                 for (i, r) in idx.into_iter().zip(results) {
                     outcomes[i] = Some(classify(r, &exchange, &rows[i].routing_key));
                 }
             }
-            Err(_) => {
+            None => {
                 let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
                 for i in idx {
                     outcomes[i] = Some(Outcome::Failed(why.clone()));
@@ -411,6 +440,7 @@ mod tests {
             tracestate: Some("rojo=00f067aa0ba902b7".into()),
             attempts: 0,
             created_at: 1_700_000_000_000_000,
+            partition: 0,
         };
         let trace = PublishTrace::start(&row, "events", true).unwrap();
         let p = properties(&row, Some(&trace.ctx)).unwrap();

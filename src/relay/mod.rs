@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 
 use crate::{
     config::{Config, RelayConfig},
-    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
+    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros, partitions::Partitions},
     trace::otlp::SpanSink,
 };
 pub use amqp::{Outcome, Publisher, Sent};
@@ -90,14 +90,21 @@ pub struct Relay {
     wake: Arc<Notify>,
     topology: topology::Topology,
     spans: Option<SpanSink>,
+    partitions: Partitions,
 }
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
 pub const PIPELINE_DEPTH: usize = 4;
 
 impl Relay {
-    /// A relay for this configuration.
-    pub fn new(config: &Config, store: Store, status: BrokerStatus, wake: Arc<Notify>) -> Relay {
+    /// A relay for this configuration, claiming from the partitions this instance owns.
+    pub fn new(
+        config: &Config,
+        store: Store,
+        status: BrokerStatus,
+        wake: Arc<Notify>,
+        partitions: Partitions,
+    ) -> Relay {
         Relay {
             store,
             cfg: config.relay.clone(),
@@ -107,6 +114,7 @@ impl Relay {
             wake,
             topology: config.topology.clone(),
             spans: None,
+            partitions,
         }
     }
 
@@ -159,6 +167,11 @@ impl Relay {
     async fn publish_loop(self: &Arc<Self>, publisher: &Publisher, token: &CancellationToken) {
         let (tx, rx) = mpsc::channel::<Sent>(PIPELINE_DEPTH);
         let broken = CancellationToken::new();
+        let watcher = tokio::spawn(watch_blocked(
+            publisher.connection_status(),
+            self.status.clone(),
+            broken.child_token(),
+        ));
         let settler = tokio::spawn({
             let this = self.clone();
             let broken = broken.clone();
@@ -177,21 +190,20 @@ impl Relay {
                 break;
             }
             if publisher.is_blocked() {
-                self.status.set(
-                    BrokerState::Blocked,
-                    Some("RabbitMQ sent connection.blocked".to_owned()),
-                );
-                let started = Instant::now();
+                // connection.blocked (a memory or disk alarm): send nothing more until RabbitMQ
+                // unblocks; the blocked-time watcher keeps the state and the metric.
                 tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
                     () = token.cancelled() => {}
                 }
-                metrics::counter!("postbox_broker_blocked_milliseconds_total")
-                    .increment(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
                 continue;
             }
             self.status.set(BrokerState::Connected, None);
-            match self.store.claim(self.cfg.batch, lease).await {
+            match self
+                .partitions
+                .claim(&self.store, self.cfg.batch, lease)
+                .await
+            {
                 Ok(rows) if rows.is_empty() => {
                     tokio::select! {
                         () = self.wake.notified() => {}
@@ -202,7 +214,10 @@ impl Relay {
                 }
                 Ok(rows) => {
                     let sent = publisher.send(rows).await;
-                    if tx.send(sent).await.is_err() {
+                    if let Err(mpsc::error::SendError(sent)) = tx.send(sent).await {
+                        // The settler is gone: these rows stay leased (sent again after the
+                        // lease), but are no longer in flight here.
+                        self.partitions.settled(&sent.rows).await;
                         break;
                     }
                 }
@@ -219,6 +234,8 @@ impl Relay {
         if settler.await.is_err() {
             tracing::error!("the relay's settle task panicked");
         }
+        broken.cancel();
+        let _ = watcher.await;
     }
 
     /// Await each sent batch's confirms in order and record the results.
@@ -233,10 +250,14 @@ impl Relay {
                 broken.cancel();
             }
             if let Err(e) = self.settle(&settlements).await {
-                // The rows stay leased and are published again when the lease runs out: a
-                // duplicate, never a loss.
+                // The rows stay leased and are published again when the lease runs out (or at
+                // once by the next owner of their partition): a duplicate, never a loss.
                 tracing::error!(error = %e, rows = rows.len(), "could not record publish results");
             }
+            self.partitions.settled(&rows).await;
+            // A settled keyed event lets the next event of its key be claimed: claim again now
+            // rather than at the next poll.
+            self.wake.notify_one();
         }
     }
 
@@ -295,6 +316,43 @@ impl Relay {
                 Err(e) => return Err(e),
             }
         }
+    }
+}
+
+/// While RabbitMQ blocks this connection (`connection.blocked`, AMQP 0-9-1 extension sent on a
+/// memory or disk alarm), report the relay as blocked and count the time in
+/// `postbox_broker_blocked_milliseconds_total`. Runs beside the publish loop, because a publish
+/// that was under way when the block came waits inside lapin until RabbitMQ unblocks.
+async fn watch_blocked(
+    conn: lapin::ConnectionStatus,
+    status: BrokerStatus,
+    stop: CancellationToken,
+) {
+    const TICK: Duration = Duration::from_millis(100);
+    let mut last = Instant::now();
+    let mut was_blocked = false;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(TICK) => {}
+            () = stop.cancelled() => return,
+        }
+        let now = Instant::now();
+        let blocked = conn.blocked();
+        if blocked {
+            if was_blocked {
+                let ms = u64::try_from((now - last).as_millis()).unwrap_or(u64::MAX);
+                metrics::counter!("postbox_broker_blocked_milliseconds_total").increment(ms);
+            }
+            status.set(
+                BrokerState::Blocked,
+                Some("RabbitMQ sent connection.blocked".to_owned()),
+            );
+        } else if was_blocked {
+            tracing::info!("RabbitMQ unblocked publishing; relay resumes");
+            status.set(BrokerState::Connected, None);
+        }
+        was_blocked = blocked;
+        last = now;
     }
 }
 

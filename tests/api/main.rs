@@ -8,6 +8,7 @@ mod delivery;
 mod faults;
 mod hostile;
 mod http_status;
+mod instances;
 mod logs;
 mod openapi;
 mod ordering;
