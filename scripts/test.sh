@@ -181,6 +181,9 @@ if [[ $# -eq 0 ]]; then
     section "Schemathesis against openapi/openapi.json and a live postbox (bounded)"
     MAX_EXAMPLES="${SCHEMATHESIS_EXAMPLES:-20}" TIME_LIMIT="${SCHEMATHESIS_SECONDS:-600}" \
         bash scripts/schemathesis.sh
+
+    section "cargo fuzz on envelope parsing (bounded: FUZZ_SECONDS, default 60)"
+    FUZZ_SECONDS="${FUZZ_SECONDS:-60}" bash scripts/fuzz.sh
 fi
 
 section "all checks passed"

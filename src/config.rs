@@ -558,6 +558,13 @@ mod tests {
         );
         assert_eq!(c.relay.max_attempts, d.relay.max_attempts);
         assert_eq!(c.topology.queues.len(), 2);
+        assert_eq!(
+            c.keys
+                .authenticate("abc")
+                .map(|k| k.name.clone())
+                .as_deref(),
+            Some("checkout")
+        );
     }
 
     #[test]
