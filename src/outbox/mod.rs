@@ -419,3 +419,98 @@ pub fn from_micros(us: i64) -> OffsetDateTime {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000)
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
+
+#[cfg(test)]
+mod tests {
+    use sqlx::{Connection, migrate::Migrator};
+
+    /// The migrations up to `version` only: a database as an older postbox left it.
+    fn up_to(m: Migrator, version: i64) -> Migrator {
+        let older: Vec<_> = m
+            .migrations
+            .iter()
+            .filter(|x| x.version <= version)
+            .cloned()
+            .collect();
+        Migrator {
+            migrations: older.into(),
+            ..m
+        }
+    }
+
+    const OLD_ROW: &str = "insert into outbox (event_id, source, event_type, version, ce_type, \
+        routing_key, body, attributes, content_hash, event_time, next_attempt_at, created_at, \
+        updated_at) values ('e-1', '/s', 'order.paid', 'v1', 'order.paid', 'events.order.paid.v1', \
+        $1, '{\"id\":\"e-1\"}', $2, 0, 0, 0, 0)";
+    const MOVED: &str = "select o.event_id, p.body, p.attributes from outbox o \
+        join outbox_payload p using (seq)";
+
+    #[tokio::test]
+    async fn the_payload_migration_keeps_stored_bodies_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("o.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        up_to(super::sqlite::SqliteStore::migrator(), 5)
+            .run(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ROW)
+            .bind(b"{\"data\":1}".as_slice())
+            .bind(vec![7u8; 32])
+            .execute(&mut c)
+            .await
+            .unwrap();
+        super::sqlite::SqliteStore::migrator()
+            .run(&mut c)
+            .await
+            .unwrap();
+        let (id, body, attrs): (String, Vec<u8>, String) =
+            sqlx::query_as(MOVED).fetch_one(&mut c).await.unwrap();
+        assert_eq!(
+            (id.as_str(), body.as_slice(), attrs.as_str()),
+            ("e-1", b"{\"data\":1}".as_slice(), "{\"id\":\"e-1\"}")
+        );
+    }
+
+    #[tokio::test]
+    async fn the_payload_migration_keeps_stored_bodies_postgres() {
+        let name = format!("postbox_unit_{}", uuid::Uuid::now_v7().simple());
+        let admin_url = "postgres://postgres@127.0.0.1:5432/postgres";
+        let mut admin = sqlx::PgConnection::connect(admin_url)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let mut c =
+            sqlx::PgConnection::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+                .await
+                .unwrap();
+        up_to(super::postgres::PgStore::migrator(), 5)
+            .run(&mut c)
+            .await
+            .unwrap();
+        sqlx::query(OLD_ROW)
+            .bind(b"{\"data\":1}".as_slice())
+            .bind(vec![7u8; 32])
+            .execute(&mut c)
+            .await
+            .unwrap();
+        super::postgres::PgStore::migrator()
+            .run(&mut c)
+            .await
+            .unwrap();
+        let (id, body, attrs): (String, Vec<u8>, String) =
+            sqlx::query_as(MOVED).fetch_one(&mut c).await.unwrap();
+        c.close().await.unwrap();
+        sqlx::query(&format!("drop database {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        assert_eq!(
+            (id.as_str(), body.as_slice(), attrs.as_str()),
+            ("e-1", b"{\"data\":1}".as_slice(), "{\"id\":\"e-1\"}")
+        );
+    }
+}

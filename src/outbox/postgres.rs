@@ -93,6 +93,13 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0005_tracestate.sql").into(),
                 false,
             ),
+            Migration::new(
+                6,
+                "payload table".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0006_payload.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),
@@ -113,6 +120,16 @@ impl PgStore {
         partitions: &[i32],
     ) -> StoreResult<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {
         Ok(query.bind(partitions.to_vec()))
+    }
+
+    /// `seq` in the list bound as `$1`.
+    const SEQ_IN_1: &'static str = "= any($1)";
+
+    fn bind_seqs<'q>(
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+        seqs: &[i64],
+    ) -> StoreResult<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {
+        Ok(query.bind(seqs.to_vec()))
     }
 
     /// Connection options for a connection of its own (the partition-ownership session).

@@ -2,22 +2,31 @@
 //! and `ON CONFLICT`, and both store times as integer µs, so one body of code, expanded per
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
-/// Columns the relay reads.
-pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, body, attributes, traceparent, tracestate, attempts, created_at, partition_id";
+/// Columns the relay reads from `outbox` (the body comes from `outbox_payload`).
+pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id";
 
-/// Columns `GET /v1/events/{id}` reads.
+/// Columns `GET /v1/events/{id}` reads from [`RECORD_FROM`].
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
 
 /// Rows per multi-row insert: 19 parameters each stays far below both backends' limits.
 pub const INSERT_CHUNK: usize = 500;
 
+/// Events with their bodies. The body (about 1 KB and more) lives in its own table, written
+/// once and never updated, so that the relay's lease and settle updates rewrite narrow rows
+/// only: a fraction of the pages (SQLite) and tuple versions (PostgreSQL) they used to.
+pub const RECORD_FROM: &str = "outbox join outbox_payload using (seq)";
+
+pub const INSERT_PAYLOAD_HEAD: &str = "insert into outbox_payload (seq, body, attributes) ";
+
 /// New rows are `pending` with no attempts (column defaults), due at once.
-pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, body, attributes, content_hash, traceparent, tracestate, api_key, created_at, next_attempt_at, updated_at, partition_id) ";
+pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type, version, ce_type, subject, ordering_key, event_time, routing_key, content_hash, traceparent, tracestate, api_key, created_at, next_attempt_at, updated_at, partition_id) ";
 
 pub const INSERT_TAIL: &str =
     " on conflict (source, event_id) do nothing returning seq, source, event_id";
 
 pub const DELETE_ROW: &str = "delete from outbox where seq = $1";
+
+pub const DELETE_PAYLOAD: &str = "delete from outbox_payload where seq = $1";
 
 pub const SELECT_HASH: &str = "select content_hash from outbox where source = $1 and event_id = $2";
 
@@ -31,7 +40,8 @@ pub const STATS: &str = "select \
      (select count(*) from outbox where status = 'dead')";
 
 pub const PRUNE_ROWS: &str = "delete from outbox where seq in \
-     (select seq from outbox where status = 'published' and published_at < $1 order by published_at limit $2)";
+     (select seq from outbox where status = 'published' and published_at < $1 order by published_at limit $2) \
+     returning seq";
 
 pub const PRUNE_KEYS: &str = "delete from idempotency_keys where key in \
      (select key from idempotency_keys where created_at < $1 limit $2)";
@@ -51,8 +61,8 @@ macro_rules! claimed_from_row {
             event_id: r.try_get("event_id")?,
             ce_type: r.try_get("ce_type")?,
             routing_key: r.try_get("routing_key")?,
-            body: r.try_get("body")?,
-            attributes: r.try_get("attributes")?,
+            body: Vec::new(),
+            attributes: String::new(),
             traceparent: r.try_get("traceparent")?,
             tracestate: r.try_get("tracestate")?,
             attempts: r.try_get("attempts")?,
@@ -139,8 +149,28 @@ macro_rules! shared_store_impl {
                 for r in &rows {
                     claimed.push($crate::outbox::sql::claimed_from_row!(r));
                 }
+                drop(rows);
                 // RETURNING does not promise an order; publish in commit order.
                 claimed.sort_by_key(|c| c.seq);
+                if claimed.is_empty() {
+                    return Ok(claimed);
+                }
+                let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+                let q = format!(
+                    "select seq, body, attributes from outbox_payload where seq {}",
+                    Self::SEQ_IN_1
+                );
+                let payloads = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
+                    .fetch_all(&self.relay_pool)
+                    .await?;
+                for p in &payloads {
+                    use sqlx::Row as _;
+                    let seq: i64 = p.try_get(0)?;
+                    if let Ok(i) = claimed.binary_search_by_key(&seq, |c| c.seq) {
+                        claimed[i].body = p.try_get(1)?;
+                        claimed[i].attributes = p.try_get(2)?;
+                    }
+                }
                 Ok(claimed)
             }
 
@@ -229,8 +259,6 @@ macro_rules! shared_store_impl {
                             .push_bind(r.ordering_key.as_deref())
                             .push_bind(r.event_time)
                             .push_bind(r.routing_key.as_str())
-                            .push_bind(r.body.as_slice())
-                            .push_bind(r.attributes.as_str())
                             .push_bind(r.content_hash.as_slice())
                             .push_bind(r.traceparent.as_deref())
                             .push_bind(r.tracestate.as_deref())
@@ -241,11 +269,35 @@ macro_rules! shared_store_impl {
                             .push_bind(r.partition());
                     });
                     qb.push(sql::INSERT_TAIL);
+                    let mut fresh = std::collections::HashMap::new();
                     for row in qb.build().fetch_all(&mut *tx).await? {
                         let seq: i64 = row.try_get(0)?;
                         let source: String = row.try_get(1)?;
                         let id: String = row.try_get(2)?;
-                        inserted.insert((source, id), seq);
+                        fresh.insert((source, id), seq);
+                    }
+                    // Each new row's payload. When one group holds the same (source, id) twice,
+                    // the first in VALUES order was inserted; `remove` gives it its payload.
+                    let payloads: Vec<(i64, &$crate::outbox::NewRow)> = chunk
+                        .iter()
+                        .filter_map(|(i, j)| {
+                            let r = &reqs[*i].rows[*j];
+                            fresh
+                                .remove(&(r.source.clone(), r.event_id.clone()))
+                                .map(|seq| {
+                                    inserted.insert((r.source.clone(), r.event_id.clone()), seq);
+                                    (seq, r)
+                                })
+                        })
+                        .collect();
+                    if !payloads.is_empty() {
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(sql::INSERT_PAYLOAD_HEAD);
+                        qb.push_values(&payloads, |mut b, (seq, r)| {
+                            b.push_bind(*seq)
+                                .push_bind(r.body.as_slice())
+                                .push_bind(r.attributes.as_str());
+                        });
+                        qb.build().execute(&mut *tx).await?;
                     }
                 }
                 // Rows that were not inserted already existed: same content is a replay.
@@ -275,6 +327,7 @@ macro_rules! shared_store_impl {
                     }
                     if let Some(msg) = reused {
                         for seq in fresh {
+                            sqlx::query(sql::DELETE_PAYLOAD).bind(seq).execute(&mut *tx).await?;
                             sqlx::query(sql::DELETE_ROW).bind(seq).execute(&mut *tx).await?;
                         }
                         outcomes[i] = Some(WriteOutcome::KeyReused(msg));
@@ -351,8 +404,9 @@ macro_rules! shared_store_impl {
                 use $crate::outbox::sql;
                 let filter = if source.is_some() { " and source = $2" } else { "" };
                 let q = format!(
-                    "select {} from outbox where event_id = $1{filter} order by seq limit 20",
-                    sql::RECORD_COLUMNS
+                    "select {} from {} where event_id = $1{filter} order by seq limit 20",
+                    sql::RECORD_COLUMNS,
+                    sql::RECORD_FROM
                 );
                 let mut query = sqlx::query(q.as_str()).bind(id);
                 if let Some(source) = source {
@@ -401,8 +455,9 @@ macro_rules! shared_store_impl {
             ) -> $crate::outbox::StoreResult<Vec<(i64, $crate::outbox::EventRecord)>> {
                 use sqlx::Row as _;
                 let q = format!(
-                    "select seq, {} from outbox where status = $1 and seq > $2 order by seq limit $3",
-                    $crate::outbox::sql::RECORD_COLUMNS
+                    "select seq, {} from {} where status = $1 and seq > $2 order by seq limit $3",
+                    $crate::outbox::sql::RECORD_COLUMNS,
+                    $crate::outbox::sql::RECORD_FROM
                 );
                 let rows = sqlx::query(q.as_str())
                     .bind(status.as_str())
@@ -456,12 +511,21 @@ macro_rules! shared_store_impl {
             async fn prune_before(&self, before: i64, limit: u32) -> $crate::outbox::StoreResult<u64> {
                 use $crate::outbox::sql;
                 let _serial = self.serialize_writes().await;
-                let rows = sqlx::query(sql::PRUNE_ROWS)
+                // Rows and their payloads go together, in one transaction.
+                let mut tx = self.pool.begin().await?;
+                let seqs: Vec<i64> = sqlx::query_scalar(sql::PRUNE_ROWS)
                     .bind(before)
                     .bind(i64::from(limit))
-                    .execute(&self.pool)
-                    .await?
-                    .rows_affected();
+                    .fetch_all(&mut *tx)
+                    .await?;
+                if !seqs.is_empty() {
+                    let q = format!("delete from outbox_payload where seq {}", Self::SEQ_IN_1);
+                    Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
+                let rows = seqs.len() as u64;
                 let keys = sqlx::query(sql::PRUNE_KEYS)
                     .bind(before)
                     .bind(i64::from(limit))

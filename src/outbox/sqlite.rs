@@ -118,6 +118,13 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0005_tracestate.sql").into(),
                 false,
             ),
+            Migration::new(
+                6,
+                "payload table".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0006_payload.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),
@@ -140,6 +147,17 @@ impl SqliteStore {
     ) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
         let ids =
             serde_json::to_string(partitions).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        Ok(query.bind(ids))
+    }
+
+    /// `seq` in the list bound as `$1` (a JSON array).
+    const SEQ_IN_1: &'static str = "in (select value from json_each($1))";
+
+    fn bind_seqs<'q>(
+        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
+        seqs: &[i64],
+    ) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
+        let ids = serde_json::to_string(seqs).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         Ok(query.bind(ids))
     }
 

@@ -347,3 +347,66 @@ async fn graceful_stop_after_delivery() {
         .await;
     assert!(after.is_err(), "the listener is closed after stop");
 }
+
+/// Published rows older than the retention are pruned together with their bodies (which live
+/// in `outbox_payload`); pending rows stay.
+async fn pruning_removes_rows_with_their_bodies(backend: Backend) {
+    use postbox::outbox::{OutboxStore, now_micros};
+    use sqlx::Connection;
+    let mut db = String::new();
+    let app = TestApp::spawn_with(backend, |s| {
+        db = s.database_url.clone().unwrap_or_default();
+    })
+    .await;
+    let mut q = TestQueue::bind(&app.exchange, "#").await;
+    let mut locations = Vec::new();
+    for i in 0..3 {
+        let (_, loc) = app.post_accepted(&order_paid(&format!("prune-{i}"))).await;
+        locations.push(loc);
+    }
+    assert_eq!(q.take(3, Duration::from_secs(10)).await.len(), 3);
+    for loc in &locations {
+        app.wait_status(loc, "published", Duration::from_secs(10))
+            .await;
+    }
+    let pruned = app
+        .store
+        .prune(now_micros() + 1_000_000, 1000)
+        .await
+        .expect("prune");
+    assert_eq!(pruned, 3);
+    for loc in &locations {
+        assert_eq!(app.get_json(loc).await.0, 404);
+    }
+    let count = "select (select count(*) from outbox), (select count(*) from outbox_payload)";
+    let counts: (i64, i64) = match backend {
+        Backend::Sqlite => {
+            let mut c = sqlx::SqliteConnection::connect(&db)
+                .await
+                .expect("database");
+            sqlx::query_as(count)
+                .fetch_one(&mut c)
+                .await
+                .expect("database")
+        }
+        Backend::Postgres => {
+            let mut c = sqlx::PgConnection::connect(&db).await.expect("database");
+            sqlx::query_as(count)
+                .fetch_one(&mut c)
+                .await
+                .expect("database")
+        }
+    };
+    assert_eq!(counts, (0, 0), "no row and no body is left behind");
+    app.stop().await.expect("database");
+}
+
+#[tokio::test]
+async fn pruning_removes_rows_with_their_bodies_sqlite() {
+    pruning_removes_rows_with_their_bodies(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn pruning_removes_rows_with_their_bodies_postgres() {
+    pruning_removes_rows_with_their_bodies(Backend::Postgres).await;
+}
