@@ -158,6 +158,9 @@ pub struct Claimed {
     pub created_at: i64,
     /// Partition (see [`partitions`]).
     pub partition: i32,
+    /// The lease this claim set (µs since epoch). Retries and releases are fenced by it: a
+    /// relay whose lease was taken over (or ran out and was claimed again) changes nothing.
+    pub lease: i64,
 }
 
 /// Result of one publish attempt.
@@ -180,11 +183,15 @@ pub enum Settlement {
         next_attempt_at: i64,
         /// No attempts left.
         dead: bool,
+        /// The claim's lease: the update applies only while the row still carries it.
+        lease: i64,
     },
     /// Not attempted after all (shutdown, broker blocked): release the lease.
     Released {
         /// Row.
         seq: i64,
+        /// The claim's lease.
+        lease: i64,
     },
 }
 
@@ -511,6 +518,105 @@ mod tests {
         assert_eq!(
             (id.as_str(), body.as_slice(), attrs.as_str()),
             ("e-1", b"{\"data\":1}".as_slice(), "{\"id\":\"e-1\"}")
+        );
+    }
+
+    fn row(id: &str) -> super::NewRow {
+        super::NewRow {
+            event_id: id.into(),
+            source: "/s".into(),
+            event_type: "order.paid".into(),
+            version: "v1".into(),
+            ce_type: "order.paid".into(),
+            subject: None,
+            ordering_key: Some("k".into()),
+            event_time: 0,
+            routing_key: "events.order.paid.v1".into(),
+            body: b"{}".to_vec(),
+            attributes: "{}".into(),
+            content_hash: vec![1; 32],
+            traceparent: None,
+            api_key: None,
+            tracestate: None,
+        }
+    }
+
+    /// A relay whose lease ran out and whose rows were claimed and published by another
+    /// cannot undo that: its late retry or release is fenced by its lease.
+    #[tokio::test]
+    async fn a_stale_settlement_changes_nothing() {
+        use super::{OutboxStore, Settlement, Status, WriteRequest};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = super::Store::open(&crate::config::StoreKind::Sqlite {
+            path: dir.path().join("o.db"),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        store
+            .commit(&[WriteRequest {
+                rows: vec![row("a"), row("b")],
+                idempotency: None,
+            }])
+            .await
+            .unwrap();
+        // The first claim's lease is over at once: the "other relay" claims the row again.
+        let first = store.claim(10, Duration::ZERO, None).await.unwrap();
+        assert_eq!(first.len(), 1, "head of key `k` only");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let second = store
+            .claim(10, Duration::from_secs(60), None)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1);
+        assert_ne!(first[0].lease, second[0].lease);
+        assert_eq!(second[0].body, b"{}");
+        store
+            .settle(&[Settlement::Published { seq: second[0].seq }])
+            .await
+            .unwrap();
+        // The stale relay's confirm timed out: its retry and release must not touch the row.
+        store
+            .settle(&[
+                Settlement::Failed {
+                    seq: first[0].seq,
+                    attempts: 1,
+                    error: "timeout".into(),
+                    next_attempt_at: 0,
+                    dead: true,
+                    lease: first[0].lease,
+                },
+                Settlement::Released {
+                    seq: first[0].seq,
+                    lease: first[0].lease,
+                },
+            ])
+            .await
+            .unwrap();
+        let a = store.find("a", Some("/s")).await.unwrap();
+        assert_eq!(a[0].status, Status::Published);
+        assert_eq!(a[0].last_error, None);
+        // The next event of the key is free now, and a fenced retry of it applies.
+        let next = store
+            .claim(10, Duration::from_secs(60), None)
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1);
+        store
+            .settle(&[Settlement::Failed {
+                seq: next[0].seq,
+                attempts: 1,
+                error: "nack".into(),
+                next_attempt_at: 0,
+                dead: true,
+                lease: next[0].lease,
+            }])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.find("b", Some("/s")).await.unwrap()[0].status,
+            Status::Dead
         );
     }
 }

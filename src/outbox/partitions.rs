@@ -238,6 +238,12 @@ impl Owner {
     /// One round: (re)connect, count the live instances, take or hand back partitions.
     async fn round(&mut self) -> anyhow::Result<()> {
         if self.conn.is_none() {
+            // After a lost session, wait for this instance's batches in flight to settle: the
+            // new session could take the same partitions again and release the leases of rows
+            // this instance is still publishing, which would publish them a second time.
+            if self.partitions.idle(ALL).await != ALL {
+                return Ok(());
+            }
             self.connect().await?;
         }
         let publishing = self.publishing();

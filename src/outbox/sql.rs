@@ -3,7 +3,7 @@
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
 /// Columns the relay reads from `outbox` (the body comes from `outbox_payload`).
-pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id";
+pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until";
 
 /// Columns `GET /v1/events/{id}` reads from [`RECORD_FROM`].
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
@@ -41,15 +41,15 @@ pub const STATS: &str = "select \
 
 pub const PRUNE_ROWS: &str = "delete from outbox where seq in \
      (select seq from outbox where status = 'published' and published_at < $1 order by published_at limit $2) \
-     returning seq";
+     and status = 'published' returning seq";
 
 pub const PRUNE_KEYS: &str = "delete from idempotency_keys where key in \
      (select key from idempotency_keys where created_at < $1 limit $2)";
 
 pub const RETRY: &str = "update outbox set attempts = $1, last_error = $2, next_attempt_at = $3, status = $4, \
-     lease_until = null, updated_at = $5 where seq = $6";
+     lease_until = null, updated_at = $5 where seq = $6 and status = 'pending' and lease_until = $7";
 
-pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1";
+pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1 and status = 'pending' and lease_until = $2";
 
 /// Decode a relay row.
 macro_rules! claimed_from_row {
@@ -68,6 +68,9 @@ macro_rules! claimed_from_row {
             attempts: r.try_get("attempts")?,
             created_at: r.try_get("created_at")?,
             partition: r.try_get("partition_id")?,
+            lease: r
+                .try_get::<Option<i64>, _>("lease_until")?
+                .unwrap_or_default(),
         }
     }};
 }
@@ -144,7 +147,11 @@ macro_rules! shared_store_impl {
                 if let Some(p) = partitions {
                     query = Self::bind_partitions(query, p)?;
                 }
-                let rows = query.fetch_all(&self.relay_pool).await?;
+                // The lease and the payloads in one transaction: if reading the payloads fails,
+                // the lease is not taken either (else the rows, and every later event of their
+                // keys, would wait for the lease to run out).
+                let mut tx = self.relay_pool.begin().await?;
+                let rows = query.fetch_all(&mut *tx).await?;
                 let mut claimed = Vec::with_capacity(rows.len());
                 for r in &rows {
                     claimed.push($crate::outbox::sql::claimed_from_row!(r));
@@ -153,6 +160,7 @@ macro_rules! shared_store_impl {
                 // RETURNING does not promise an order; publish in commit order.
                 claimed.sort_by_key(|c| c.seq);
                 if claimed.is_empty() {
+                    tx.commit().await?;
                     return Ok(claimed);
                 }
                 let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
@@ -161,8 +169,15 @@ macro_rules! shared_store_impl {
                     Self::SEQ_IN_1
                 );
                 let payloads = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
-                    .fetch_all(&self.relay_pool)
+                    .fetch_all(&mut *tx)
                     .await?;
+                if payloads.len() != claimed.len() {
+                    return Err(sqlx::Error::Protocol(format!(
+                        "{} of {} claimed events have no row in outbox_payload",
+                        claimed.len() - payloads.len().min(claimed.len()),
+                        claimed.len()
+                    )));
+                }
                 for p in &payloads {
                     use sqlx::Row as _;
                     let seq: i64 = p.try_get(0)?;
@@ -171,6 +186,7 @@ macro_rules! shared_store_impl {
                         claimed[i].attributes = p.try_get(2)?;
                     }
                 }
+                tx.commit().await?;
                 Ok(claimed)
             }
 
@@ -551,6 +567,7 @@ macro_rules! shared_store_impl {
                             error,
                             next_attempt_at,
                             dead,
+                            lease,
                         } => {
                             let status = if *dead { Status::Dead } else { Status::Pending };
                             sqlx::query(sql::RETRY)
@@ -560,11 +577,16 @@ macro_rules! shared_store_impl {
                                 .bind(status.as_str())
                                 .bind(now)
                                 .bind(*seq)
+                                .bind(*lease)
                                 .execute(&mut **tx)
                                 .await?;
                         }
-                        Settlement::Released { seq } => {
-                            sqlx::query(sql::RELEASE).bind(*seq).execute(&mut **tx).await?;
+                        Settlement::Released { seq, lease } => {
+                            sqlx::query(sql::RELEASE)
+                                .bind(*seq)
+                                .bind(*lease)
+                                .execute(&mut **tx)
+                                .await?;
                         }
                     }
                 }

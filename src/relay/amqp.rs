@@ -441,6 +441,7 @@ mod tests {
             attempts: 0,
             created_at: 1_700_000_000_000_000,
             partition: 0,
+            lease: 0,
         };
         let trace = PublishTrace::start(&row, "events", true).unwrap();
         let p = properties(&row, Some(&trace.ctx)).unwrap();

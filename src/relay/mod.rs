@@ -294,6 +294,7 @@ impl Relay {
                         next_attempt_at: now
                             + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
                         dead,
+                        lease: row.lease,
                     }
                 }
             })

@@ -137,10 +137,19 @@ async fn api_keys_decide_who_may_send_what() {
         .await
         .unwrap();
     assert_problem(resp, 403, "forbidden").await;
-    let resp = get(&app, OPS, "/v1/events?status=published").await;
-    assert_eq!(resp.status(), 200);
-    let page: Value = resp.json().await.unwrap();
-    assert_eq!(page["events"].as_array().unwrap().len(), 1);
+    // The message can reach the queue a moment before its settlement commits: poll.
+    let mut listed = 0;
+    for _ in 0..50 {
+        let resp = get(&app, OPS, "/v1/events?status=published").await;
+        assert_eq!(resp.status(), 200);
+        let page: Value = resp.json().await.unwrap();
+        listed = page["events"].as_array().unwrap().len();
+        if listed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listed, 1);
     let resp = app
         .client
         .post(app.url("/v1/events/redeliver"))
