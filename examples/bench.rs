@@ -3,10 +3,17 @@
 //! measurement. It also verifies delivery: every id that got a 202 must arrive in the queue.
 //!
 //! Modes (see `bench/run.sh` for how they are combined):
-//!   bench broker  --exchange X --n N --window W
+//!   bench broker  --exchange X --n N --window W [--shape plain|full|lean]
+//!   bench nats    --stream S --prefix P --n N --window W      (raw JetStream publish)
 //!   bench trivial --listen ADDR                     (serve a 202-only handler)
-//!   bench http    --url URL --n N --concurrency C [--batch B] [--exchange X] [--mgmt]
-//!   bench rate    --url URL --rate R --seconds S [--exchange X]
+//!   bench http    --url URL --n N --concurrency C [--batch B] [--exchange X | --stream S] [--mgmt]
+//!   bench rate    --url URL --rate R --seconds S [--exchange X | --stream S]
+//!   bench drain   (--exchange X | --stream S --prefix P) --n N   (a backlog draining)
+//!
+//! The message shapes of `broker`: `plain` (persistent, mandatory, content type and message
+//! id), `full` (what postbox sends by default: also `type`, `timestamp`, `app_id` and the
+//! CloudEvents attributes as `ce-*` headers), `lean` (`full` without the `ce-*` headers, what
+//! postbox sends with `amqp_ce_headers = "none"`).
 
 use std::{
     collections::HashSet,
@@ -16,6 +23,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use std::future::IntoFuture;
 
 use futures_util::{StreamExt, stream::FuturesUnordered};
 use lapin::{
@@ -29,6 +38,7 @@ use lapin::{
 use serde_json::{Value, json};
 
 const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+const NATS: &str = "nats://127.0.0.1:4222";
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -63,11 +73,15 @@ async fn main() -> anyhow::Result<()> {
     let mode = std::env::args().nth(1).unwrap_or_default();
     match mode.as_str() {
         "broker" => broker().await,
+        "nats" => nats().await,
+        "drain" => drain().await,
         "trivial" => trivial().await,
         "http" => http().await,
         "rate" => rate().await,
         _ => {
-            eprintln!("usage: bench broker|trivial|http|rate [options]; see the file header");
+            eprintln!(
+                "usage: bench broker|nats|trivial|http|rate|drain [options]; see the file header"
+            );
             std::process::exit(2)
         }
     }
@@ -75,7 +89,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// A consumer on a fresh durable queue bound to `exchange` with `#`: counts unique ids and
 /// records the arrival time of the last one and the lag of each (receive − CloudEvents `time`).
-struct Sink {
+struct AmqpSink {
     seen: Arc<Mutex<SinkState>>,
     queue: String,
     channel: Channel,
@@ -86,12 +100,13 @@ struct Sink {
 struct SinkState {
     ids: HashSet<String>,
     messages: usize,
+    first: Option<Instant>,
     last: Option<Instant>,
     lags_ms: Vec<f64>,
 }
 
-impl Sink {
-    async fn bind(exchange: &str) -> anyhow::Result<Sink> {
+impl AmqpSink {
+    async fn bind(exchange: &str) -> anyhow::Result<AmqpSink> {
         let conn = Connection::connect(AMQP, ConnectionProperties::default()).await?;
         let ch = conn.create_channel().await?;
         ch.exchange_declare(
@@ -155,6 +170,7 @@ impl Sink {
                 if let Ok(mut s) = state.lock() {
                     s.messages += 1;
                     s.ids.insert(id);
+                    s.first.get_or_insert(now);
                     s.last = Some(now);
                     if let Some(l) = lag {
                         s.lags_ms.push(l);
@@ -162,7 +178,7 @@ impl Sink {
                 }
             }
         });
-        Ok(Sink {
+        Ok(AmqpSink {
             seen,
             queue,
             channel: ch,
@@ -170,13 +186,121 @@ impl Sink {
         })
     }
 
-    /// Wait until `expected` unique ids arrived (or `timeout` passes without progress).
+    fn state(&self) -> Arc<Mutex<SinkState>> {
+        self.seen.clone()
+    }
+
+    async fn delete(self) {
+        let _ = self
+            .channel
+            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+}
+
+/// A JetStream consumer reading every message of `stream` (from a fresh ephemeral consumer),
+/// counting unique `ce-id`s like [`AmqpSink`].
+struct NatsSink {
+    seen: Arc<Mutex<SinkState>>,
+    js: async_nats::jetstream::Context,
+    stream: String,
+}
+
+impl NatsSink {
+    async fn bind(stream: &str, prefix: &str) -> anyhow::Result<NatsSink> {
+        let client = async_nats::connect(NATS).await?;
+        let js = async_nats::jetstream::new(client);
+        let s = js
+            .get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: stream.to_owned(),
+                subjects: vec![format!("{prefix}.>")],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await?;
+        let consumer: async_nats::jetstream::consumer::PullConsumer = s
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+                ..Default::default()
+            })
+            .await?;
+        let seen = Arc::new(Mutex::new(SinkState::default()));
+        let state = seen.clone();
+        let mut messages = consumer.messages().await?;
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = messages.next().await {
+                let now = Instant::now();
+                let wall = time::OffsetDateTime::now_utc();
+                let id = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("ce-id"))
+                    .map(|v| v.as_str().to_owned())
+                    .unwrap_or_default();
+                let lag = m
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get("ce-time"))
+                    .and_then(|t| {
+                        let t = time::OffsetDateTime::parse(
+                            t.as_str(),
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .ok()?;
+                        Some((wall - t).as_seconds_f64() * 1000.0)
+                    });
+                if let Ok(mut s) = state.lock() {
+                    s.messages += 1;
+                    s.ids.insert(id);
+                    s.first.get_or_insert(now);
+                    s.last = Some(now);
+                    if let Some(l) = lag {
+                        s.lags_ms.push(l);
+                    }
+                }
+            }
+        });
+        Ok(NatsSink {
+            seen,
+            js,
+            stream: stream.to_owned(),
+        })
+    }
+}
+
+/// Where a measurement checks delivery: a RabbitMQ queue or a JetStream stream.
+enum Sink {
+    Amqp(AmqpSink),
+    Nats(NatsSink),
+}
+
+impl Sink {
+    /// From `--exchange X` or `--stream S --prefix P`.
+    async fn from_args() -> anyhow::Result<Option<Sink>> {
+        if let Some(x) = arg("--exchange") {
+            return Ok(Some(Sink::Amqp(AmqpSink::bind(&x).await?)));
+        }
+        if let Some(s) = arg("--stream") {
+            let prefix = arg("--prefix").unwrap_or_else(|| "events".into());
+            return Ok(Some(Sink::Nats(NatsSink::bind(&s, &prefix).await?)));
+        }
+        Ok(None)
+    }
+
+    fn seen(&self) -> Arc<Mutex<SinkState>> {
+        match self {
+            Sink::Amqp(a) => a.state(),
+            Sink::Nats(n) => n.seen.clone(),
+        }
+    }
+
     async fn wait(&self, expected: usize, timeout: Duration) -> (usize, usize, Option<Instant>) {
+        let seen = self.seen();
         let mut last_count = 0;
         let mut last_progress = Instant::now();
         loop {
             let (unique, total, last) = {
-                let s = self.seen.lock().expect("sink lock");
+                let s = seen.lock().expect("sink lock");
                 (s.ids.len(), s.messages, s.last)
             };
             if unique >= expected {
@@ -193,19 +317,26 @@ impl Sink {
     }
 
     fn missing(&self, expected: &[String]) -> usize {
-        let s = self.seen.lock().expect("sink lock");
+        let seen = self.seen();
+        let s = seen.lock().expect("sink lock");
         expected.iter().filter(|id| !s.ids.contains(*id)).count()
     }
 
     fn lags(&self) -> Vec<f64> {
-        self.seen.lock().expect("sink lock").lags_ms.clone()
+        self.seen().lock().expect("sink lock").lags_ms.clone()
+    }
+
+    fn first(&self) -> Option<Instant> {
+        self.seen().lock().ok().and_then(|s| s.first)
     }
 
     async fn delete(self) {
-        let _ = self
-            .channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        match self {
+            Sink::Amqp(a) => a.delete().await,
+            Sink::Nats(n) => {
+                let _ = n.js.delete_stream(&n.stream).await;
+            }
+        }
     }
 }
 
@@ -214,7 +345,8 @@ async fn broker() -> anyhow::Result<()> {
     let exchange = arg("--exchange").unwrap_or_else(|| "bench-raw".into());
     let n = num("--n", 20000);
     let window = num("--window", 1000);
-    let sink = Sink::bind(&exchange).await?;
+    let shape = arg("--shape").unwrap_or_else(|| "plain".into());
+    let sink = Sink::Amqp(AmqpSink::bind(&exchange).await?);
     let conn = Connection::connect(AMQP, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
@@ -222,11 +354,7 @@ async fn broker() -> anyhow::Result<()> {
     let bodies: Vec<(String, Vec<u8>)> = (0..n)
         .map(|i| {
             let id = event_id(&run, i);
-            let mut ce = native_event(&run, i);
-            ce["time"] = json!(postbox::envelope::format_time(
-                time::OffsetDateTime::now_utc()
-            ));
-            (id, serde_json::to_vec(&ce).expect("json"))
+            (id, serde_json::to_vec(&cloudevent(&run, i)).expect("json"))
         })
         .collect();
     let started = Instant::now();
@@ -238,10 +366,7 @@ async fn broker() -> anyhow::Result<()> {
                 acked += 1;
             }
         }
-        let props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_message_id(id.as_str().into())
-            .with_content_type("application/cloudevents+json".into());
+        let props = shape_properties(&shape, id, body);
         let confirm = ch
             .basic_publish(
                 exchange.as_str().into(),
@@ -264,15 +389,158 @@ async fn broker() -> anyhow::Result<()> {
     let confirmed_at = started.elapsed();
     let ids: Vec<String> = bodies.into_iter().map(|(id, _)| id).collect();
     let (unique, _, last) = sink.wait(n, Duration::from_secs(10)).await;
-    let end = last
-        .map(|l| l.duration_since(started))
-        .unwrap_or(confirmed_at);
+    // From the first message consumed to the last, like the relay-drain rows (connection set-up
+    // and the first round trip are not the broker's rate).
+    let end = match (sink.first(), last) {
+        (Some(f), Some(l)) => l.duration_since(f),
+        _ => confirmed_at,
+    };
     println!(
         "{}",
-        json!({"mode": "broker", "n": n, "window": window, "acked": acked, "delivered": unique,
+        json!({"mode": "broker", "shape": shape, "n": n, "window": window, "acked": acked, "delivered": unique,
                "missing": sink.missing(&ids),
                "confirmed_per_s": n as f64 / confirmed_at.as_secs_f64(),
                "per_s": unique as f64 / end.as_secs_f64()})
+    );
+    sink.delete().await;
+    Ok(())
+}
+
+/// AMQP properties of a ceiling message in `shape` (see the file header).
+fn shape_properties(shape: &str, id: &str, body: &[u8]) -> BasicProperties {
+    let plain = BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_message_id(id.into())
+        .with_content_type("application/cloudevents+json".into());
+    if shape == "plain" {
+        return plain;
+    }
+    let lean = plain
+        .with_type("bench.event".into())
+        .with_timestamp(1_700_000_000)
+        .with_app_id("postbox".into());
+    if shape == "lean" {
+        return lean;
+    }
+    // The attributes, as postbox copies them into headers (every attribute but `data`).
+    let mut headers = FieldTable::default();
+    if let Ok(Value::Object(ce)) = serde_json::from_slice::<Value>(body) {
+        for (k, v) in ce.iter().filter(|(k, _)| k.as_str() != "data") {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            headers.insert(
+                format!("ce-{k}").as_str().into(),
+                lapin::types::AMQPValue::LongString(v.as_str().into()),
+            );
+        }
+    }
+    lean.with_headers(headers)
+}
+
+/// The CloudEvent postbox would publish for event `i`: structured body with its attributes.
+fn cloudevent(run: &str, i: usize) -> Value {
+    json!({"specversion": "1.0", "id": event_id(run, i), "source": "bench",
+           "type": "bench.event", "time": postbox::envelope::format_time(time::OffsetDateTime::now_utc()),
+           "datacontenttype": "application/json",
+           "dataschema": "http://127.0.0.1:18180/v1/schemas/bench.event/v1", "data": data(i)})
+}
+
+/// Raw async-nats: the same ~1 KB CloudEvent with postbox's headers (`ce-*`, content type,
+/// `Nats-Msg-Id`), `--window` publishes awaiting their PubAcks at once.
+async fn nats() -> anyhow::Result<()> {
+    let stream = arg("--stream").unwrap_or_else(|| "BENCH".into());
+    let prefix = arg("--prefix").unwrap_or_else(|| "bench".into());
+    let n = num("--n", 20000);
+    let window = num("--window", 1000);
+    let url = arg("--nats").unwrap_or_else(|| NATS.into());
+    let client = async_nats::connect(&url).await?;
+    let js = async_nats::jetstream::new(client);
+    let _ = js.delete_stream(&stream).await;
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: stream.clone(),
+        subjects: vec![format!("{prefix}.>")],
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await?;
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let msgs: Vec<(async_nats::HeaderMap, bytes::Bytes)> = (0..n)
+        .map(|i| {
+            let ce = cloudevent(&run, i);
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("content-type", "application/cloudevents+json");
+            if let Value::Object(m) = &ce {
+                for (k, v) in m.iter().filter(|(k, _)| k.as_str() != "data") {
+                    let v = match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    h.insert(format!("ce-{k}").as_str(), v.as_str());
+                }
+            }
+            h.insert("Nats-Msg-Id", event_id(&run, i).as_str());
+            (
+                h,
+                bytes::Bytes::from(serde_json::to_vec(&ce).expect("json")),
+            )
+        })
+        .collect();
+    let subject = format!("{prefix}.bench.event.v1");
+    let started = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut acked = 0usize;
+    let mut duplicates = 0usize;
+    for (h, body) in msgs {
+        while inflight.len() >= window {
+            if let Some(Ok(ack)) = inflight.next().await {
+                let ack: async_nats::jetstream::publish::PublishAck = ack;
+                acked += 1;
+                duplicates += usize::from(ack.duplicate);
+            }
+        }
+        let fut = js.publish_with_headers(subject.clone(), h, body).await?;
+        inflight.push(fut.into_future());
+    }
+    while let Some(r) = inflight.next().await {
+        if let Ok(ack) = r {
+            acked += 1;
+            duplicates += usize::from(ack.duplicate);
+        }
+    }
+    let elapsed = started.elapsed();
+    let mut info = js.get_stream(&stream).await?;
+    let stored = info.info().await?.state.messages;
+    println!(
+        "{}",
+        json!({"mode": "nats", "n": n, "window": window, "acked": acked, "delivered": stored,
+               "duplicates": duplicates, "missing": (n as u64).saturating_sub(stored),
+               "per_s": acked as f64 / elapsed.as_secs_f64()})
+    );
+    let _ = js.delete_stream(&stream).await;
+    Ok(())
+}
+
+/// A consumer of a backlog draining into a queue: rate from the first message to the last.
+async fn drain() -> anyhow::Result<()> {
+    let n = num("--n", 100_000);
+    let sink = Sink::from_args()
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("drain needs --exchange X or --stream S --prefix P"))?;
+    println!("{}", json!({"mode": "drain", "ready": true}));
+    let (unique, total, last) = sink.wait(n, Duration::from_secs(30)).await;
+    let first = sink.first();
+    let span = match (first, last) {
+        (Some(f), Some(l)) => l.duration_since(f),
+        _ => Duration::ZERO,
+    };
+    println!(
+        "{}",
+        json!({"mode": "drain", "n": n, "delivered": unique, "acked": unique, "messages": total,
+               "duplicates": total.saturating_sub(unique), "missing": n.saturating_sub(unique),
+               "seconds": span.as_secs_f64(),
+               "per_s": unique as f64 / span.as_secs_f64().max(1e-9)})
     );
     sink.delete().await;
     Ok(())
@@ -368,10 +636,7 @@ async fn http() -> anyhow::Result<()> {
     let url = arg("--url").unwrap_or_else(|| "http://127.0.0.1:8080/v1/events".into());
     let n = num("--n", 20000);
     let concurrency = num("--concurrency", 64);
-    let sink = match arg("--exchange") {
-        Some(x) => Some(Sink::bind(&x).await?),
-        None => None,
-    };
+    let sink = Sink::from_args().await?;
     let load = Arc::new(Load::new(url));
     let next = Arc::new(AtomicUsize::new(0));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -428,10 +693,7 @@ async fn rate() -> anyhow::Result<()> {
     let url = arg("--url").unwrap_or_else(|| "http://127.0.0.1:8080/v1/events".into());
     let rate = num("--rate", 1000).max(1);
     let seconds = num("--seconds", 10);
-    let sink = match arg("--exchange") {
-        Some(x) => Some(Sink::bind(&x).await?),
-        None => None,
-    };
+    let sink = Sink::from_args().await?;
     let load = Arc::new(Load::new(url));
     let total = rate * seconds;
     let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));

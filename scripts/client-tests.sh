@@ -10,13 +10,22 @@
 #                      also runs examples/producer.mjs + examples/consumer.mjs
 #   - examples/curl.sh
 #   - clients/browser: Swagger UI at /docs in headless Chromium: POST /v1/events -> 202
-#                      (screenshot in clients/browser/artifacts/swagger-202.png)
+#                      (screenshot in clients/browser/artifacts/swagger-202.png); and the
+#                      operator console (/console) against two more postboxes of its own, one on
+#                      SQLite with API keys and one on PostgreSQL without (max_attempts = 1,
+#                      1 s stats sampling, exchanges of their own; screenshots in
+#                      clients/browser/artifacts/console-*.png)
+#   (the example consumers' tests, clients/python/consumers, need NATS and Redis too: they run in
+#   scripts/consumer-tests.sh)
 #
 # Installs what is missing (apt: chromium, python3-venv, nodejs/npm, rabbitmq-server; a venv in
 # clients/python/.venv; `npm ci` in clients/node and clients/browser), builds
 # target/debug/postbox if it is missing or older than the sources, runs it on a free port with
 # a temporary SQLite outbox and a unique exchange, runs every suite (each one even if an earlier
 # one failed), stops postbox and deletes the exchange. Exits non-zero if any suite failed.
+#
+# The console's PostgreSQL run makes a database of its own on 127.0.0.1:5432 (user postgres) and
+# drops it at the end.
 #
 # Environment: POSTBOX_AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f),
 # POSTBOX_BIN (use this binary instead of target/debug/postbox), CHROMIUM (default
@@ -83,18 +92,34 @@ PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); p
 export POSTBOX_URL="http://127.0.0.1:$PORT"
 export POSTBOX_EXCHANGE="clients-$(date +%s)-$$"
 PB_PID=""
+# The console's own postboxes: their pids, exchanges and the PostgreSQL database it makes.
+CONSOLE_PIDS=()
+export CONSOLE_EXCHANGES=""
+CONSOLE_DB=""
+
+stop_pid() {
+    local pid="$1"
+    if [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+}
 
 cleanup() {
     local rc=$?
-    if [[ -n "$PB_PID" ]] && kill -0 "$PB_PID" 2>/dev/null; then
-        kill -TERM "$PB_PID" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$PB_PID" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$PB_PID" 2>/dev/null || true
+    stop_pid "$PB_PID"
+    for pid in "${CONSOLE_PIDS[@]}"; do stop_pid "$pid"; done
+    if [[ -n "$CONSOLE_DB" ]]; then
+        psql -w -h 127.0.0.1 -U postgres -d postgres -qAt \
+            -c "drop database if exists $CONSOLE_DB with (force)" >/dev/null 2>&1 || true
     fi
     "$PY" - <<'EOF' 2>/dev/null || true
 import os, pika
 c = pika.BlockingConnection(pika.URLParameters(os.environ["POSTBOX_AMQP_URL"]))
-c.channel().exchange_delete(os.environ["POSTBOX_EXCHANGE"])
+ch = c.channel()
+for name in [os.environ["POSTBOX_EXCHANGE"], *os.environ.get("CONSOLE_EXCHANGES", "").split()]:
+    ch.exchange_delete(name)
 c.close()
 EOF
     if [[ "$rc" -ne 0 && -f "$WORK/postbox.log" ]]; then
@@ -149,12 +174,58 @@ run() {
 }
 
 run "Python: cloudevents SDK + pika, examples/producer.py + consumer.py" \
-    "$PY" -m pytest -p no:cacheprovider -q -rxXs clients/python
+    "$PY" -m pytest -p no:cacheprovider -q -rxXs clients/python --ignore=clients/python/consumers
 run "Node: cloudevents SDK + amqplib, examples/producer.mjs + consumer.mjs" \
     bash -c 'cd clients/node && npm test --silent'
 run "examples/curl.sh" bash examples/curl.sh
 run "browser: Swagger UI /docs -> POST /v1/events -> 202" \
     node clients/browser/swagger.test.mjs
+
+# --- the console, on SQLite (API keys) and on PostgreSQL (no keys) ----------------------------
+section "console postboxes"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# start_console NAME DATABASE_URL [VAR=VALUE...]: a postbox for the console test; sets CONSOLE_URL
+# and CONSOLE_EXCHANGE.
+start_console() {
+    local name="$1" db="$2"; shift 2
+    local port; port="$(free_port)"
+    CONSOLE_URL="http://127.0.0.1:$port"
+    CONSOLE_EXCHANGE="$POSTBOX_EXCHANGE-console-$name"
+    CONSOLE_EXCHANGES="$CONSOLE_EXCHANGES $CONSOLE_EXCHANGE"
+    env "$@" POSTBOX_LISTEN="127.0.0.1:$port" POSTBOX_DATABASE_URL="$db" \
+        POSTBOX_PUBLIC_URL="$CONSOLE_URL" POSTBOX_SCHEMAS_DIR="$ROOT/schemas" \
+        POSTBOX_EXCHANGE="$CONSOLE_EXCHANGE" POSTBOX_MAX_ATTEMPTS=1 POSTBOX_STATS_INTERVAL_MS=1000 \
+        "$BIN" >"$WORK/console-$name.log" 2>&1 &
+    CONSOLE_PIDS+=($!)
+    local ready_url="$CONSOLE_URL/readyz"
+    if ! wait_for 60 bash -c "curl -fsS '$ready_url' 2>/dev/null | grep -q '\"state\":\"connected\"'"; then
+        tail -n 20 "$WORK/console-$name.log"
+        return 1
+    fi
+    echo "console postbox ($name) at $CONSOLE_URL, exchange $CONSOLE_EXCHANGE"
+}
+hash_key() { printf 'sha256:%s' "$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)"; }
+ADMIN_KEY="pbk_console_ops_$(date +%s)_$$"
+SHOP_KEY="pbk_console_shop_$(date +%s)_$$"
+KEYS="[{\"name\":\"ops\",\"hash\":\"$(hash_key "$ADMIN_KEY")\",\"types\":[\"*\"],\"admin\":true},{\"name\":\"shop\",\"hash\":\"$(hash_key "$SHOP_KEY")\",\"types\":[\"order.*\"]}]"
+if start_console sqlite "sqlite://$WORK/console.db" POSTBOX_API_KEYS="$KEYS"; then
+    run "browser: console on SQLite, with API keys" \
+        env POSTBOX_URL="$CONSOLE_URL" POSTBOX_EXCHANGE="$CONSOLE_EXCHANGE" CONSOLE_LABEL=sqlite \
+        CONSOLE_ADMIN_KEY="$ADMIN_KEY" CONSOLE_SHOP_KEY="$SHOP_KEY" node clients/browser/console.test.mjs
+else
+    echo "the console's SQLite postbox did not become ready"; FAILED+=("browser: console on SQLite")
+fi
+command -v psql >/dev/null || apt_install postgresql-client
+CONSOLE_DB="postbox_console_$(date +%s)_$$"
+if psql -w -h 127.0.0.1 -U postgres -d postgres -qAt -c "create database $CONSOLE_DB" >/dev/null \
+    && start_console postgres "postgres://postgres@127.0.0.1:5432/$CONSOLE_DB"; then
+    run "browser: console on PostgreSQL" \
+        env POSTBOX_URL="$CONSOLE_URL" POSTBOX_EXCHANGE="$CONSOLE_EXCHANGE" CONSOLE_LABEL=postgres \
+        node clients/browser/console.test.mjs
+else
+    echo "the console's PostgreSQL postbox did not start (PostgreSQL on 127.0.0.1:5432?)"
+    FAILED+=("browser: console on PostgreSQL")
+fi
 
 section "summary"
 if [[ "${#FAILED[@]}" -gt 0 ]]; then

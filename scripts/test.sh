@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: make sure PostgreSQL (127.0.0.1:5432) and RabbitMQ (127.0.0.1:5672)
-# answer (starting or installing them if needed), then fmt, clippy and every test.
+# The whole test suite: make sure PostgreSQL (127.0.0.1:5432), RabbitMQ (127.0.0.1:5672) and
+# NATS with JetStream (127.0.0.1:4222) answer (starting or installing them if needed), then fmt,
+# clippy and every test. The client
+# and consumer scripts check (and start) what they need themselves (NATS, Redis, Chromium).
 #
 #   scripts/test.sh               everything (what CI runs, via .ci/run)
 #   SKIP_LINT=1 scripts/test.sh   skip cargo fmt / clippy for a fast local loop
@@ -153,12 +155,34 @@ The tests use the default guest/guest user on vhost /."
     echo "RabbitMQ is answering."
 }
 
+# --- NATS (JetStream) -----------------------------------------------------------------------
+
+ensure_nats() {
+    section "NATS with JetStream on 127.0.0.1:4222"
+    if tcp_open 127.0.0.1 4222; then
+        echo "NATS is answering."
+        return
+    fi
+    command -v nats-server >/dev/null || apt_install nats-server
+    echo "Starting nats-server -js (store in /var/lib/nats-server)."
+    as_root mkdir -p /var/lib/nats-server
+    as_root start-stop-daemon --start --oknodo --background --exec "$(command -v nats-server)" -- \
+        -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log || true
+    if ! wait_for 30 tcp_open 127.0.0.1 4222; then
+        die "NATS does not answer on 127.0.0.1:4222 after 30 s.
+Start it yourself (nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server) and check
+/var/log/nats-server.log for the reason. The tests need JetStream."
+    fi
+    echo "NATS is answering."
+}
+
 # --- Rust -----------------------------------------------------------------------------------
 
 command -v cargo >/dev/null || die "cargo is not on PATH (install Rust with rustup, or source ~/.cargo/env)"
 
 ensure_postgres
 ensure_rabbitmq
+ensure_nats
 
 if [[ "${SKIP_LINT:-0}" == "1" ]]; then
     section "cargo fmt / clippy skipped (SKIP_LINT=1)"
@@ -178,9 +202,15 @@ if [[ $# -eq 0 ]]; then
     section "real clients: CloudEvents SDKs (Python, Node), examples, Swagger UI in Chromium"
     bash scripts/client-tests.sh
 
+    section "example consumers: exactly-once processing on NATS JetStream and RabbitMQ (Redis dedupe)"
+    bash scripts/consumer-tests.sh
+
     section "Schemathesis against openapi/openapi.json and a live postbox (bounded)"
     MAX_EXAMPLES="${SCHEMATHESIS_EXAMPLES:-20}" TIME_LIMIT="${SCHEMATHESIS_SECONDS:-600}" \
         bash scripts/schemathesis.sh
+
+    section "benchmark smoke (bench/run.sh --smoke on the debug build: the machinery, not the figures)"
+    PROFILE=debug bash bench/run.sh --smoke
 
     # The fuzzer needs its own sanitizer build of every dependency (~7 min here, more than the
     # rest of the suite's build), so it runs when asked: FUZZ_SECONDS=60 scripts/test.sh.

@@ -92,6 +92,35 @@ impl ApiKey {
     }
 }
 
+/// Who is calling, once an input has authenticated the request: what ingest and the operator
+/// endpoints check permissions against.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// Authentication is off (no key configured): everything is allowed.
+    Open,
+    /// A configured key.
+    Key(Arc<ApiKey>),
+}
+
+impl Caller {
+    /// The key's name, recorded with the events it sends.
+    pub fn key_name(&self) -> Option<String> {
+        match self {
+            Caller::Open => None,
+            Caller::Key(k) => Some(k.name.clone()),
+        }
+    }
+
+    /// Whether the caller may read an event of this type (admins read everything; a key reads
+    /// the types it may send).
+    pub fn may_read(&self, event_type: &str) -> bool {
+        match self {
+            Caller::Open => true,
+            Caller::Key(k) => k.admin || k.may_send_type(event_type),
+        }
+    }
+}
+
 /// Every configured key, by the digest of the key. Empty means authentication is off.
 #[derive(Debug, Default)]
 pub struct KeyRing {

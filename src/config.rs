@@ -7,7 +7,11 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 
 use crate::auth::{KeyRing, KeySpec};
-use crate::relay::topology::{QueueSettings, Topology};
+pub use crate::relay::RelayConfig;
+use crate::sink::{
+    amqp::{AmqpConfig, QueueSettings},
+    nats::{ConsumerSettings, NatsConfig},
+};
 
 /// Every tunable setting, all optional so that layers can be merged.
 ///
@@ -25,13 +29,50 @@ pub struct Settings {
     #[arg(long, env = "POSTBOX_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// RabbitMQ URL the relay publishes to. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    /// Broker the relay publishes to: `amqp` (RabbitMQ) or `nats` (NATS JetStream).
+    /// [default: amqp]
+    #[arg(long, env = "POSTBOX_SINK")]
+    pub sink: Option<String>,
+
+    /// NATS server URL(s), comma-separated; user/password or token may be in the URL, and
+    /// `tls://` asks for TLS (with `sink = nats`). [default: nats://127.0.0.1:4222]
+    #[arg(long, env = "POSTBOX_NATS_URL", hide_env_values = true)]
+    pub nats_url: Option<String>,
+
+    /// JetStream stream events are published to; created (subjects `{routing_prefix}.>`, file
+    /// storage) when no stream captures them, never changed. [default: EVENTS]
+    #[arg(long, env = "POSTBOX_NATS_STREAM")]
+    pub nats_stream: Option<String>,
+
+    /// Duplicate window of the stream postbox creates, in seconds: a republish with the same
+    /// `Nats-Msg-Id` inside it is dropped by JetStream. [default: 120]
+    #[arg(long, env = "POSTBOX_NATS_DUPLICATE_WINDOW_SECS")]
+    pub nats_duplicate_window_secs: Option<u64>,
+
+    /// Replicas of the stream postbox creates (1 on a single server). [default: 1]
+    #[arg(long, env = "POSTBOX_NATS_REPLICAS")]
+    pub nats_replicas: Option<usize>,
+
+    /// CloudEvents attributes copied into `ce-*` AMQP headers: `all`, `none` (body and AMQP
+    /// properties only), or a comma-separated list such as `type,source`. [default: all]
+    #[arg(long, env = "POSTBOX_AMQP_CE_HEADERS")]
+    pub amqp_ce_headers: Option<String>,
+
+    /// RabbitMQ URL the relay publishes to; for a cluster, its nodes' full URLs separated by
+    /// commas (tried in turn; postbox fails over when its node goes down).
+    /// [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     #[arg(long, env = "POSTBOX_AMQP_URL", hide_env_values = true)]
     pub amqp_url: Option<String>,
 
     /// Directory of JSON Schemas laid out as `{type}/{version}.json`. [default: ./schemas]
     #[arg(long, env = "POSTBOX_SCHEMAS_DIR")]
     pub schemas_dir: Option<PathBuf>,
+
+    /// Compatibility mode a type's new schema versions must keep when the type has none set
+    /// (`PUT /v1/schemas/{type}`): BACKWARD, BACKWARD_TRANSITIVE, FORWARD, FORWARD_TRANSITIVE,
+    /// FULL, FULL_TRANSITIVE or NONE. [default: BACKWARD]
+    #[arg(long, env = "POSTBOX_SCHEMA_COMPATIBILITY")]
+    pub schema_compatibility: Option<String>,
 
     /// Durable topic exchange the relay publishes to (declared at start-up). [default: events]
     #[arg(long, env = "POSTBOX_EXCHANGE")]
@@ -96,6 +137,12 @@ pub struct Settings {
     #[arg(long, env = "POSTBOX_RETENTION_HOURS")]
     pub retention_hours: Option<u64>,
 
+    /// Hours the body of a published event is kept (for redelivery and `GET /v1/events/{id}`);
+    /// then only its row stays, as the idempotency record, until `retention_hours`. At most
+    /// `retention_hours`. [default: 24]
+    #[arg(long, env = "POSTBOX_PAYLOAD_RETENTION_HOURS")]
+    pub payload_retention_hours: Option<u64>,
+
     /// Run database migrations when serving starts. [default: true]
     #[arg(long, env = "POSTBOX_MIGRATE_ON_START")]
     pub migrate_on_start: Option<bool>,
@@ -149,10 +196,20 @@ pub struct Settings {
     #[arg(long, env = "POSTBOX_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Milliseconds between two samples of the figures `GET /v1/stats` and the console's
+    /// overview show (1000-60000; 15 minutes of samples are kept). [default: 5000]
+    #[arg(long, env = "POSTBOX_STATS_INTERVAL_MS")]
+    pub stats_interval_ms: Option<u64>,
+
     /// Consumer queues the relay declares and binds (TOML `[[queues]]` only; see
     /// [`QueueSettings`]).
     #[arg(skip)]
     pub queues: Option<Vec<QueueSettings>>,
+
+    /// JetStream consumers (and dead-letter streams) the relay declares (TOML
+    /// `[[nats_consumers]]` only; see [`ConsumerSettings`]).
+    #[arg(skip)]
+    pub nats_consumers: Option<Vec<ConsumerSettings>>,
 }
 
 /// A list of API keys (a newtype so that clap reads it as one JSON value).
@@ -181,8 +238,16 @@ impl Settings {
         pick!(
             listen,
             database_url,
+            sink,
+            nats_url,
+            nats_stream,
+            nats_duplicate_window_secs,
+            nats_replicas,
+            nats_consumers,
+            amqp_ce_headers,
             amqp_url,
             schemas_dir,
+            schema_compatibility,
             exchange,
             routing_prefix,
             public_url,
@@ -198,6 +263,7 @@ impl Settings {
             writer_batch,
             max_backlog,
             retention_hours,
+            payload_retention_hours,
             migrate_on_start,
             shutdown_grace_secs,
             log_format,
@@ -209,6 +275,7 @@ impl Settings {
             api_keys_file,
             insecure_no_auth,
             otlp_endpoint,
+            stats_interval_ms,
             queues,
         )
     }
@@ -262,12 +329,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Outbox backend.
     pub store: StoreKind,
-    /// AMQP URL (contains credentials).
-    pub amqp_url: String,
+    /// The broker the relay publishes to, and its own settings.
+    pub sink: SinkConfig,
     /// Schema directory.
     pub schemas_dir: PathBuf,
-    /// Exchange name.
-    pub exchange: String,
+    /// Default compatibility mode of new schema versions.
+    pub schema_compatibility: crate::schema::compat::Mode,
     /// Routing key prefix.
     pub routing_prefix: String,
     /// Public base URL, without trailing slash.
@@ -281,7 +348,7 @@ pub struct Config {
     /// Max events per group commit.
     pub writer_batch: usize,
     /// Retention of published rows.
-    pub retention: Duration,
+    pub retention: crate::outbox::housekeeping::Retention,
     /// Migrate at start.
     pub migrate_on_start: bool,
     /// Shutdown grace period.
@@ -290,27 +357,39 @@ pub struct Config {
     pub log_format: LogFormat,
     /// API keys (empty: authentication off, loopback only unless `insecure_no_auth`).
     pub keys: std::sync::Arc<KeyRing>,
-    /// Consumer queues to declare at every relay (re)connect.
-    pub topology: Topology,
     /// OTLP/HTTP traces URL (`…/v1/traces`), when export is on.
     pub otlp_traces_url: Option<String>,
+    /// How often `GET /v1/stats` figures are sampled.
+    pub stats_interval: Duration,
 }
 
-/// Relay settings.
+/// Which broker the relay publishes to; each sink owns its section.
 #[derive(Debug, Clone)]
-pub struct RelayConfig {
-    /// Attempts before `dead`.
-    pub max_attempts: u32,
-    /// First retry delay.
-    pub retry_base: Duration,
-    /// Longest retry delay.
-    pub retry_max: Duration,
-    /// Fallback poll interval.
-    pub poll: Duration,
-    /// Rows per round.
-    pub batch: u32,
-    /// Confirm wait per round.
-    pub confirm_timeout: Duration,
+pub enum SinkConfig {
+    /// RabbitMQ (`sink = "amqp"`, the default).
+    Amqp(AmqpConfig),
+    /// NATS JetStream (`sink = "nats"`).
+    Nats(NatsConfig),
+}
+
+impl SinkConfig {
+    /// The broker's name in logs and `/readyz`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SinkConfig::Amqp(_) => "RabbitMQ",
+            SinkConfig::Nats(_) => "NATS JetStream",
+        }
+    }
+
+    /// Where events go, safe to log.
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::Amqp(c) => {
+                format!("RabbitMQ {} exchange `{}`", c.describe_nodes(), c.exchange)
+            }
+            SinkConfig::Nats(c) => format!("NATS JetStream {} stream `{}`", c.url, c.stream),
+        }
+    }
 }
 
 /// HTTP input limits.
@@ -342,19 +421,27 @@ impl Config {
             .database_url
             .unwrap_or_else(|| "sqlite://data/postbox.db".to_owned());
         let store = parse_store(&database_url)?;
-        let amqp_url = s
-            .amqp_url
-            .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
-        if !(amqp_url.starts_with("amqp://") || amqp_url.starts_with("amqps://")) {
-            bail!(
-                "amqp_url must start with amqp:// or amqps:// (got {})",
-                redact_url(&amqp_url)
-            );
-        }
-        let exchange = s.exchange.unwrap_or_else(|| "events".to_owned());
-        check_amqp_name("exchange", &exchange)?;
         let routing_prefix = s.routing_prefix.unwrap_or_else(|| "events".to_owned());
-        check_amqp_name("routing_prefix", &routing_prefix)?;
+        crate::sink::amqp::check_name("routing_prefix", &routing_prefix)?;
+        let sink = match s.sink.as_deref().unwrap_or("amqp") {
+            "amqp" => SinkConfig::Amqp(
+                AmqpConfig::new(
+                    s.amqp_url.clone(),
+                    s.exchange.clone(),
+                    s.queues.as_deref().unwrap_or_default(),
+                )?
+                .with_ce_headers(s.amqp_ce_headers.as_deref().unwrap_or("all").parse()?),
+            ),
+            "nats" => SinkConfig::Nats(NatsConfig::new(
+                s.nats_url.clone(),
+                s.nats_stream.clone(),
+                &routing_prefix,
+                s.nats_duplicate_window_secs.map(Duration::from_secs),
+                s.nats_replicas,
+                s.nats_consumers.as_deref().unwrap_or_default(),
+            )?),
+            other => bail!("sink must be `amqp` or `nats` (got `{other}`)"),
+        };
         let public_url = s
             .public_url
             .unwrap_or_else(|| format!("http://{listen}"))
@@ -396,7 +483,6 @@ impl Config {
                  authenticates"
             );
         }
-        let topology = Topology::from_settings(s.queues.as_deref().unwrap_or_default(), &exchange)?;
         let otlp_traces_url = match s.otlp_endpoint.as_deref() {
             None | Some("") => None,
             Some(endpoint) => Some(crate::trace::otlp::traces_url(endpoint)?),
@@ -405,9 +491,16 @@ impl Config {
             keys: std::sync::Arc::new(keys),
             listen,
             store,
-            amqp_url,
+            sink,
             schemas_dir: s.schemas_dir.unwrap_or_else(|| PathBuf::from("schemas")),
-            exchange,
+            schema_compatibility: match s.schema_compatibility.as_deref() {
+                None | Some("") => crate::schema::compat::Mode::Backward,
+                Some(m) => m
+                    .trim()
+                    .to_ascii_uppercase()
+                    .parse()
+                    .context("schema_compatibility")?,
+            },
             routing_prefix,
             public_url,
             relay: RelayConfig {
@@ -431,12 +524,21 @@ impl Config {
             },
             writer_queue,
             writer_batch,
-            retention: Duration::from_secs(s.retention_hours.unwrap_or(168) * 3600),
+            retention: {
+                let rows = s.retention_hours.unwrap_or(168);
+                crate::outbox::housekeeping::Retention {
+                    rows: Duration::from_secs(rows * 3600),
+                    payloads: Duration::from_secs(
+                        s.payload_retention_hours.unwrap_or(24).min(rows) * 3600,
+                    ),
+                }
+            },
             migrate_on_start: s.migrate_on_start.unwrap_or(true),
             shutdown_grace: Duration::from_secs(s.shutdown_grace_secs.unwrap_or(30)),
             log_format,
-            topology,
             otlp_traces_url,
+            // Kept within 1-60 s by `stats::Series::new`.
+            stats_interval: Duration::from_millis(s.stats_interval_ms.unwrap_or(5000)),
         })
     }
 }
@@ -467,36 +569,51 @@ fn parse_store(url: &str) -> anyhow::Result<StoreKind> {
     )
 }
 
-/// AMQP short strings are at most 255 bytes (prefix 100 + type 128 + version fit a routing
-/// key); keep names to a safe character set so that no
-/// wildcard (`*`, `#`) can reach a routing key.
-fn check_amqp_name(what: &str, name: &str) -> anyhow::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 100
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    if !ok {
-        bail!("{what} must be 1-100 characters of [A-Za-z0-9._:-] (got `{name}`)");
-    }
-    Ok(())
-}
-
 /// Replace the password of a URL with `***` so that it can be logged or shown.
-pub fn redact_url(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        Ok(u) => u.to_string(),
-        Err(_) => "<unparsable url>".to_owned(),
-    }
-}
+pub use crate::secret::redact_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn amqp(c: &Config) -> &AmqpConfig {
+        match &c.sink {
+            SinkConfig::Amqp(a) => a,
+            SinkConfig::Nats(_) => panic!("expected the AMQP sink"),
+        }
+    }
+
+    #[test]
+    fn nats_is_chosen_by_sink() {
+        let c = Config::from_settings(Settings {
+            sink: Some("nats".into()),
+            nats_url: Some("nats://u:secret@127.0.0.1:4222".into()),
+            ..Settings::default()
+        })
+        .unwrap();
+        let SinkConfig::Nats(n) = &c.sink else {
+            panic!("expected the NATS sink")
+        };
+        assert_eq!(n.stream, "EVENTS");
+        assert_eq!(n.subjects, "events.>");
+        assert_eq!(n.duplicate_window.as_secs(), 120);
+        assert!(!c.sink.describe().contains("secret"));
+        let bad = |s: Settings| Config::from_settings(s).is_err();
+        assert!(bad(Settings {
+            sink: Some("kafka".into()),
+            ..Settings::default()
+        }));
+        assert!(bad(Settings {
+            sink: Some("nats".into()),
+            nats_url: Some("http://x".into()),
+            ..Settings::default()
+        }));
+        assert!(bad(Settings {
+            sink: Some("nats".into()),
+            nats_stream: Some("a.b".into()),
+            ..Settings::default()
+        }));
+    }
 
     #[test]
     fn defaults_work_on_a_laptop() {
@@ -508,7 +625,7 @@ mod tests {
                 path: PathBuf::from("data/postbox.db")
             }
         );
-        assert_eq!(c.exchange, "events");
+        assert_eq!(amqp(&c).exchange, "events");
         assert_eq!(c.public_url, "http://127.0.0.1:8080");
     }
 
@@ -533,8 +650,8 @@ mod tests {
         )
         .unwrap();
         let c = Config::from_settings(file).unwrap();
-        assert_eq!(c.topology.queues.len(), 1);
-        assert_eq!(c.topology.queues[0].delivery_limit, Some(5));
+        assert_eq!(amqp(&c).topology.queues.len(), 1);
+        assert_eq!(amqp(&c).topology.queues[0].delivery_limit, Some(5));
         assert_eq!(
             c.otlp_traces_url.as_deref(),
             Some("http://127.0.0.1:4318/v1/traces")
@@ -553,11 +670,11 @@ mod tests {
         let c = Config::from_settings(Settings::from_toml_file(&path).unwrap()).unwrap();
         let d = Config::from_settings(Settings::default()).unwrap();
         assert_eq!(
-            (c.listen, &c.store, &c.exchange),
-            (d.listen, &d.store, &d.exchange)
+            (c.listen, &c.store, &amqp(&c).exchange),
+            (d.listen, &d.store, &amqp(&d).exchange)
         );
         assert_eq!(c.relay.max_attempts, d.relay.max_attempts);
-        assert_eq!(c.topology.queues.len(), 2);
+        assert_eq!(amqp(&c).topology.queues.len(), 2);
         assert_eq!(
             c.keys
                 .authenticate("abc")

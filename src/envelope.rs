@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::error::FieldError;
+use crate::pointer::FieldError;
 
 /// Longest accepted `id`.
 pub const MAX_ID_LEN: usize = 128;
@@ -71,6 +71,20 @@ pub enum ParseError {
         /// The limit.
         max: usize,
     },
+}
+
+impl Mode {
+    /// Where attribute `attr` (`type`, `source`, `version`, `data`) of `event` was in the
+    /// request, for error messages: a JSON pointer into the body, or in binary mode the `ce-*`
+    /// header (the body is then the `data`, and the version is part of `ce-type`).
+    pub fn locate(self, event: &Event, attr: &str) -> String {
+        match (self, attr) {
+            (Mode::Binary, "data") => String::new(),
+            (Mode::Binary, "version") => "header:ce-type".to_owned(),
+            (Mode::Binary, attr) => format!("header:ce-{attr}"),
+            (_, attr) => format!("{}/{attr}", event.pointer),
+        }
+    }
 }
 
 /// An event whose envelope is valid; `data` still has to pass its schema.
@@ -137,7 +151,23 @@ pub fn mode(headers: &HeaderMap) -> Result<Mode, ParseError> {
         .unwrap_or("")
         .trim()
         .to_ascii_lowercase();
-    if headers.contains_key("ce-specversion") {
+    // The media type decides first (CloudEvents HTTP binding §3.1): a structured or batched
+    // event is that whatever stray `ce-*` headers come with it.
+    if matches!(
+        essence.as_str(),
+        "application/cloudevents+json" | "application/cloudevents-batch+json"
+    ) {
+        return Ok(if essence == "application/cloudevents+json" {
+            Mode::Structured
+        } else {
+            Mode::Batch
+        });
+    }
+    // An empty `ce-specversion` names no version: it does not make a request binary mode.
+    let specversion = headers
+        .get("ce-specversion")
+        .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+    if specversion {
         // An event without `datacontenttype` has no Content-Type in binary mode (the SDKs send
         // none); postbox reads JSON data only, so that is JSON.
         return if essence.is_empty() || is_json(&essence) {
@@ -965,6 +995,25 @@ mod tests {
         let err = parse_json(r#"{"specversion":"1.0","id":"1","source":"/s","type":"order.paid"}"#)
             .unwrap_err();
         assert_eq!(pointers(err), vec!["/type"]);
+    }
+
+    /// The media type decides first: a structured or batched event with a stray (even empty)
+    /// `ce-specversion` header is not binary mode.
+    #[test]
+    fn structured_media_types_win_over_stray_ce_headers() {
+        for (ct, want) in [
+            ("application/cloudevents+json", Mode::Structured),
+            (
+                "application/cloudevents+json; charset=utf-8",
+                Mode::Structured,
+            ),
+            ("application/cloudevents-batch+json", Mode::Batch),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("content-type", HeaderValue::from_str(ct).unwrap());
+            h.insert("ce-specversion", HeaderValue::from_static(""));
+            assert_eq!(mode(&h).unwrap(), want, "{ct}");
+        }
     }
 
     #[test]

@@ -1,17 +1,22 @@
-//! postbox: the durable HTTP front door to RabbitMQ.
+//! postbox: the durable HTTP front door to a message broker (RabbitMQ; NATS JetStream).
 //!
 //! HTTP → envelope parsing → JSON Schema validation → group commit into the outbox → 202; a
-//! relay publishes the outbox to RabbitMQ with publisher confirms. [`start`] wires it all and is
+//! relay publishes the outbox through a sink with the broker's confirms. [`start`] wires it all and is
 //! what the binary and the tests run.
 
 pub mod auth;
 pub mod config;
 pub mod envelope;
-pub mod error;
 pub mod http;
+pub mod ingest;
 pub mod outbox;
+pub mod pointer;
 pub mod relay;
 pub mod schema;
+pub mod secret;
+pub mod sink;
+pub mod stats;
+pub mod supervise;
 pub mod telemetry;
 pub mod trace;
 
@@ -25,11 +30,13 @@ use tokio::{net::TcpListener, sync::Notify, task::JoinHandle};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
-    config::Config,
+    config::{Config, SinkConfig},
     http::AppState,
-    outbox::{OutboxStore, Store, partitions::Partitions, writer::Writer},
-    relay::{BrokerStatus, Relay},
-    schema::Registry,
+    outbox::{OutboxStore, Store, writer::Writer},
+    relay::{PublishGate, Relay, partitions::Partitions},
+    schema::Catalog,
+    sink::{Health, Sink, amqp::AmqpSink, nats::NatsSink},
+    supervise::Supervisor,
 };
 
 /// A running postbox.
@@ -51,19 +58,27 @@ pub async fn start(
     listener: TcpListener,
     token: CancellationToken,
 ) -> anyhow::Result<Running> {
-    let registry = Registry::load(&config.schemas_dir)?;
+    // The recorder first: figures recorded before it is installed (the partitions an
+    // embedded outbox owns, set once below) would be lost.
+    let metrics = telemetry::metrics_handle();
     let store = Store::open(&config.store).await?;
     if config.migrate_on_start {
         store.migrate().await?;
     }
+    let catalog = Catalog::start(
+        &config.schemas_dir,
+        store.clone(),
+        config.schema_compatibility,
+    )
+    .await?;
+    let registry = catalog.registry().clone();
     store.release_stale_leases().await?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,
         outbox = %config.store.describe(),
         schemas = registry.len(),
-        amqp = %config::redact_url(&config.amqp_url),
-        exchange = %config.exchange,
+        sink = %config.sink.describe(),
         "postbox listening; API docs at http://{addr}/docs"
     );
     if config.keys.is_enabled() {
@@ -80,45 +95,63 @@ pub async fn start(
     }
 
     let tracker = TaskTracker::new();
+    let supervisor = Supervisor::new(tracker.clone(), token.clone());
     let committed = Arc::new(Notify::new());
     let pending = Arc::new(AtomicI64::new(0));
-    let broker = BrokerStatus::default();
+    let broker = Health::new(config.sink.name());
     // One instance owns all of an embedded SQLite outbox; PostgreSQL instances split it, and
     // wake each other's relays after their commits.
     let mut commit_signals = vec![committed.clone()];
     let partitions = match &store {
         Store::Sqlite(_) => Partitions::all(),
         Store::Postgres(pg) => {
-            let partitions = Partitions::none();
-            tracker.spawn(outbox::partitions::own(
-                pg.clone(),
-                partitions.clone(),
-                broker.clone(),
-                committed.clone(),
-                token.clone(),
-            ));
+            // This process's id as a lease owner (UUIDv7: instances rank by start time).
+            let instance = uuid::Uuid::now_v7().to_string();
+            let partitions = Partitions::none(&instance);
+            supervisor.spawn("partitions", {
+                let (pg, partitions, broker) = (pg.clone(), partitions.clone(), broker.clone());
+                let (committed, token) = (committed.clone(), token.clone());
+                move || {
+                    relay::partitions::own(
+                        pg.clone(),
+                        partitions.clone(),
+                        instance.clone(),
+                        PublishGate::new(broker.clone()),
+                        committed.clone(),
+                        token.clone(),
+                    )
+                }
+            });
             let tag = outbox::wake::instance_tag();
             let announce = Arc::new(Notify::new());
             commit_signals.push(announce.clone());
-            tracker.spawn(outbox::wake::announce(
-                pg.clone(),
-                tag.clone(),
-                announce,
-                token.clone(),
-            ));
-            tracker.spawn(outbox::wake::listen(
-                pg.clone(),
-                tag,
-                committed.clone(),
-                token.clone(),
-            ));
+            supervisor.spawn("announce", {
+                let (pg, tag, announce, token) =
+                    (pg.clone(), tag.clone(), announce.clone(), token.clone());
+                move || {
+                    outbox::wake::announce(pg.clone(), tag.clone(), announce.clone(), token.clone())
+                }
+            });
+            supervisor.spawn("listen", {
+                let (pg, committed, token) = (pg.clone(), committed.clone(), token.clone());
+                move || {
+                    outbox::wake::listen(pg.clone(), tag.clone(), committed.clone(), token.clone())
+                }
+            });
             partitions
         }
+    };
+    // SQLite has one writer at a time; PostgreSQL takes concurrent commits, and several
+    // groups in flight keep a slow round trip to the database from capping throughput.
+    let concurrency = match &store {
+        Store::Sqlite(_) => 1,
+        Store::Postgres(_) => 4,
     };
     let writer = Writer::spawn(
         store.clone(),
         config.writer_queue,
         config.writer_batch,
+        concurrency,
         commit_signals,
         &tracker,
     );
@@ -126,31 +159,52 @@ pub async fn start(
         .otlp_traces_url
         .clone()
         .map(|url| trace::otlp::spawn(url, &tracker));
-    let relay = Relay::new(
-        &config,
-        store.clone(),
-        broker.clone(),
-        committed,
+    let relay = RelayParts {
+        cfg: config.relay.clone(),
+        store: store.clone(),
+        health: broker.clone(),
+        wake: committed,
         partitions,
-    )
-    .with_spans(spans);
-    tracker.spawn(relay.run(token.clone()));
-    tracker.spawn(outbox::housekeeping::run(
-        store.clone(),
-        config.retention,
-        pending.clone(),
-        token.clone(),
-    ));
+        spans,
+    };
+    match &config.sink {
+        SinkConfig::Amqp(c) => relay.spawn(AmqpSink::new(c.clone()), &supervisor, &token),
+        SinkConfig::Nats(c) => {
+            let sink = NatsSink::new(c.clone(), config.relay.confirm_timeout);
+            relay.spawn(sink, &supervisor, &token)
+        }
+    }
+    supervisor.spawn("housekeeping", {
+        let (store, retention) = (store.clone(), config.retention);
+        let (pending, token) = (pending.clone(), token.clone());
+        move || outbox::housekeeping::run(store.clone(), retention, pending.clone(), token.clone())
+    });
+    supervisor.spawn("schemas", {
+        let (catalog, token) = (catalog.clone(), token.clone());
+        move || catalog.clone().run(token.clone())
+    });
     let grace = config.shutdown_grace;
     let state = AppState::new(
         config,
         store.clone(),
-        registry,
+        catalog,
         writer,
         broker,
-        telemetry::metrics_handle(),
+        metrics,
         pending,
     );
+    supervisor.spawn("stats", {
+        let (series, store) = (state.stats().clone(), store.clone());
+        let (metrics, token) = (state.metrics().clone(), token.clone());
+        move || {
+            stats::run(
+                series.clone(),
+                store.clone(),
+                metrics.clone(),
+                token.clone(),
+            )
+        }
+    });
     let server_token = token.clone();
     let done = tokio::spawn(async move {
         let served = http::serve(listener, state, server_token.clone()).await;
@@ -165,9 +219,41 @@ pub async fn start(
             tracing::warn!("background tasks did not stop within the grace period");
         }
         tracing::info!("postbox stopped");
+        if let Some(why) = supervisor.gave_up() {
+            anyhow::bail!("{why}");
+        }
         served.context("HTTP server")
     });
     Ok(Running { addr, store, done })
+}
+
+/// What the relay runs on, whichever its sink.
+struct RelayParts {
+    cfg: relay::RelayConfig,
+    store: Store,
+    health: Health,
+    wake: Arc<Notify>,
+    partitions: Partitions,
+    spans: Option<trace::otlp::SpanSink>,
+}
+
+impl RelayParts {
+    /// Start the relay over `sink`, supervised.
+    fn spawn<S: Sink>(self, sink: S, supervisor: &Supervisor, token: &CancellationToken) {
+        let relay = Arc::new(
+            Relay::new(
+                self.cfg,
+                self.store,
+                sink,
+                self.health,
+                self.wake,
+                self.partitions,
+            )
+            .with_spans(self.spans),
+        );
+        let token = token.clone();
+        supervisor.spawn("relay", move || relay.clone().run(token.clone()));
+    }
 }
 
 /// Run until SIGINT/SIGTERM (what `postbox serve` does).
@@ -176,9 +262,34 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let token = CancellationToken::new();
+    survive_file_size_limit();
     let running = start(config, listener, token.clone()).await?;
     tokio::spawn(shutdown_signal(token));
     running.done.await.context("postbox task")?
+}
+
+/// SIGXFSZ's default action ends the process when a write goes past `RLIMIT_FSIZE` (`ulimit
+/// -f`). With a handler installed the write fails with `EFBIG` instead, which the outbox treats
+/// like a full disk: the commit fails, its requests get 503, and postbox carries on.
+fn survive_file_size_limit() {
+    #[cfg(target_os = "linux")]
+    {
+        /// SIGXFSZ on Linux.
+        const SIGXFSZ: i32 = 25;
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::from_raw(SIGXFSZ)) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        tracing::warn!(
+                            "a write went past the file size limit (ulimit -f); it failed"
+                        );
+                    }
+                });
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot handle SIGXFSZ"),
+        }
+    }
 }
 
 async fn shutdown_signal(token: CancellationToken) {

@@ -9,7 +9,7 @@ use postbox::{
     outbox::{OutboxStore, Store},
 };
 
-/// postbox — the durable HTTP front door to RabbitMQ.
+/// postbox — the durable HTTP front door to RabbitMQ and NATS JetStream.
 ///
 /// Settings are layered: defaults < TOML file (--config) < POSTBOX_* environment < flags.
 #[derive(Parser)]
@@ -58,10 +58,48 @@ enum Command {
     /// Print the `sha256:…` hash of an API key read from standard input (for keys you made
     /// yourself).
     HashKey,
-    /// Check every schema under the schema directory compiles, and list them.
+    /// Check every schema under the schema directory compiles, and list them; `schemas check`
+    /// runs the registry's compatibility checks (for producers' CI).
     Schemas {
+        #[command(subcommand)]
+        action: Option<SchemasAction>,
         #[command(flatten)]
         settings: Settings,
+    },
+    /// NATS: send again what a JetStream consumer gave up on (the messages named by the
+    /// advisories in its dead-letter stream `{stream}_{consumer}_DLQ`), then remove those
+    /// advisories. Needs `sink = nats`.
+    NatsReplay {
+        /// The durable consumer (a `[[nats_consumers]]` name).
+        #[arg(long)]
+        consumer: String,
+        /// At most this many messages.
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        settings: Settings,
+    },
+}
+
+#[derive(Subcommand)]
+enum SchemasAction {
+    /// The registry's checks on a schema directory: one line per violation, exit status 1 on
+    /// any. Each version must compile and keep its type's compatibility mode against the
+    /// versions before it; with --against, a version the server has must be unchanged and a new
+    /// one must keep the server's mode against what it serves.
+    Check {
+        /// The directory (default: the `schemas_dir` setting).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// A running postbox's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        against: Option<String>,
+        /// Check every type under this mode instead of the server's (or BACKWARD).
+        #[arg(long)]
+        mode: Option<String>,
+        /// API key for --against, when the server wants one.
+        #[arg(long, env = "POSTBOX_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
     },
 }
 
@@ -92,7 +130,44 @@ fn run() -> anyhow::Result<()> {
         None => (None, Settings::default()),
         Some(Command::Serve { settings }) => (None, settings),
         Some(Command::Migrate { settings }) => (Some("migrate"), settings),
-        Some(Command::Schemas { settings }) => (Some("schemas"), settings),
+        Some(Command::Schemas {
+            action:
+                Some(SchemasAction::Check {
+                    dir,
+                    against,
+                    mode,
+                    api_key,
+                }),
+            settings,
+        }) => {
+            let dir = match dir {
+                Some(d) => d,
+                None => file
+                    .overlay(cli.settings)
+                    .overlay(settings)
+                    .schemas_dir
+                    .unwrap_or_else(|| PathBuf::from("schemas")),
+            };
+            return schemas_check(
+                &dir,
+                against.as_deref(),
+                mode.as_deref(),
+                api_key.as_deref(),
+            );
+        }
+        Some(Command::Schemas {
+            action: None,
+            settings,
+        }) => (Some("schemas"), settings),
+        Some(Command::NatsReplay {
+            consumer,
+            limit,
+            settings,
+        }) => {
+            let config = Config::from_settings(file.overlay(cli.settings).overlay(settings))?;
+            postbox::telemetry::init_logging(config.log_format);
+            return nats_replay(&config, &consumer, limit);
+        }
         Some(Command::Openapi) => {
             print!("{}", postbox::http::openapi_json());
             return Ok(());
@@ -125,7 +200,8 @@ fn run() -> anyhow::Result<()> {
             }
             Some(_) => {
                 let registry = postbox::schema::Registry::load(&config.schemas_dir)?;
-                for (t, versions) in registry.list() {
+                let snapshot = registry.snapshot();
+                for (t, versions) in snapshot.list() {
                     let v: Vec<&str> = versions.iter().map(|s| s.as_str()).collect();
                     println!("{t}: {}", v.join(", "));
                 }
@@ -135,6 +211,50 @@ fn run() -> anyhow::Result<()> {
             None => postbox::serve(config).await,
         }
     })
+}
+
+/// `postbox schemas check`: one line per violation; an error (exit status 1) if there is any.
+fn schemas_check(
+    dir: &std::path::Path,
+    against: Option<&str>,
+    mode: Option<&str>,
+    api_key: Option<&str>,
+) -> anyhow::Result<()> {
+    let mode = mode
+        .map(|m| m.trim().to_ascii_uppercase().parse())
+        .transpose()
+        .context("--mode")?;
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let lines = runtime.block_on(postbox::schema::check::run(dir, against, mode, api_key))?;
+    for l in &lines {
+        println!("{l}");
+    }
+    if lines.is_empty() {
+        println!("{}: every schema passes", dir.display());
+        Ok(())
+    } else {
+        anyhow::bail!("{} schema problem(s) in {}", lines.len(), dir.display())
+    }
+}
+
+/// `postbox nats-replay`: one line per message sent again.
+fn nats_replay(config: &Config, consumer: &str, limit: usize) -> anyhow::Result<()> {
+    let postbox::config::SinkConfig::Nats(nats) = &config.sink else {
+        anyhow::bail!("nats-replay needs the NATS sink (sink = \"nats\")");
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let replayed = runtime.block_on(postbox::sink::nats::replay_dead(nats, consumer, limit))?;
+    for r in &replayed {
+        println!(
+            "replayed {} (stream seq {}, {} deliveries) as seq {}",
+            r.subject, r.stream_seq, r.deliveries, r.new_seq
+        );
+    }
+    println!(
+        "{} messages replayed for consumer `{consumer}`",
+        replayed.len()
+    );
+    Ok(())
 }
 
 /// `postbox keygen`: a new key and its configuration entry (checked like configured keys).

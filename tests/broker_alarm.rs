@@ -7,7 +7,7 @@
 //! alarm is raised with `rabbitmqctl set_vm_memory_high_watermark` (root, or the Erlang cookie)
 //! and always lowered again, also when the test fails.
 
-#[path = "api/helpers.rs"]
+#[path = "api/helpers/mod.rs"]
 mod helpers;
 
 use std::{
@@ -16,9 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use helpers::{AMQP_URL, ProcApp, TestQueue, message_id, metric_value, proc_env, unique};
+use helpers::{
+    AMQP_URL, Event, Exchange, Outbox, ProcApp, ProcEnv, TestQueue, batch, message_id,
+    metric_value, unique,
+};
 
 /// RabbitMQ's default `vm_memory_high_watermark`, put back after the test.
 const NORMAL_WATERMARK: &str = "0.4";
@@ -113,29 +116,15 @@ async fn broker_state(app: &ProcApp) -> String {
 }
 
 fn events(prefix: &str, from: usize, n: usize) -> Value {
-    Value::Array(
-        (from..from + n)
-            .map(|i| {
-                let id = format!("{prefix}-{i:04}");
-                json!({
-                    "type": "order.paid", "version": "v1", "id": id, "source": "/test/alarm",
-                    "data": {"order_id": id, "amount": 1, "currency": "EUR"},
-                })
-            })
-            .collect(),
-    )
+    batch((from..from + n).map(|i| {
+        let id = format!("{prefix}-{i:04}");
+        Event::order_paid(&id).id(&id).source("/test/alarm")
+    }))
 }
 
 async fn post_batch(app: &ProcApp, batch: &Value) -> Duration {
     let started = Instant::now();
-    let r = app
-        .client
-        .post(app.url("/v1/events"))
-        .header("content-type", "application/json")
-        .body(batch.to_string())
-        .send()
-        .await
-        .expect("POST");
+    let r = app.post_json(batch).await;
     assert_eq!(
         r.status().as_u16(),
         202,
@@ -159,15 +148,13 @@ async fn connection_blocked_pauses_the_relay_and_it_drains_after() {
     rabbitmqctl(&["set_vm_memory_high_watermark", NORMAL_WATERMARK]);
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = format!("sqlite://{}", dir.path().join("outbox.db").display());
-    let exchange = unique("alarm");
+    let exchange = Exchange::new("alarm");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
-    let mut vars = proc_env(&database_url, AMQP_URL, &exchange);
     // Confirms that do not come within 2 s of unblocked time are failures, so a block of
     // several seconds must not be counted against them.
-    vars.retain(|(k, _)| k != "POSTBOX_CONFIRM_TIMEOUT_SECS");
-    vars.push(("POSTBOX_CONFIRM_TIMEOUT_SECS".into(), "2".into()));
-    let app = ProcApp::spawn(&vars, &dir.path().join("postbox.log")).await;
+    let env = ProcEnv::new(&Outbox::sqlite(dir.path()).url, AMQP_URL, &exchange)
+        .set("POSTBOX_CONFIRM_TIMEOUT_SECS", 2);
+    let app = ProcApp::spawn(&env, &dir.path().join("postbox.log")).await;
     let prefix = unique("alarm");
 
     // Before the alarm: 50 events flow.

@@ -9,18 +9,19 @@ use axum::{
 };
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use super::{AppState, auth::Caller};
+use super::{
+    AppState,
+    auth::Caller,
+    error::{ApiError, ApiResult, Problem},
+    responses::{EventNotFound, OutboxUnavailable, Unauthorized},
+};
 use crate::{
-    envelope::{self, Event, Mode, ParseContext},
-    error::{ApiError, ApiResult, FieldError, Problem, summarize},
-    outbox::{
-        EventRecord, NewRow, OutboxStore, StoredRef, WriteOutcome, WriteRequest, micros,
-        writer::WriteError,
-    },
+    envelope::{self, ParseContext},
+    ingest::{DeprecatedUse, Receipt, Submission, TraceContext},
+    outbox::{EventRecord, OutboxStore},
 };
 
 /// Routes of this module.
@@ -29,9 +30,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(post_events))
         .routes(routes!(get_event))
 }
-
-/// Longest accepted `Idempotency-Key`.
-const MAX_IDEMPOTENCY_KEY: usize = 255;
 
 /// postbox's own envelope (`application/json`). A JSON array of these is a batch.
 #[derive(Debug, serde::Deserialize, ToSchema)]
@@ -57,11 +55,21 @@ pub struct NativeEvent {
     /// Who sent it (a URI-reference). Default: `postbox`.
     #[schema(example = "/shop/checkout", max_length = 256)]
     pub source: Option<String>,
-    /// What it is about.
-    #[schema(max_length = 256)]
+    /// What it is about (1-256 bytes, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub subject: Option<String>,
-    /// Ordering key: events with the same key are published in the order they were accepted.
-    #[schema(example = "customer-42", max_length = 256)]
+    /// Ordering key: events with the same key are published in the order they were accepted
+    /// (1-256 bytes, no control characters).
+    #[schema(
+        example = "customer-42",
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub key: Option<String>,
     /// Event time, RFC 3339. Default: when postbox accepted it.
     #[schema(format = DateTime)]
@@ -91,8 +99,14 @@ pub struct CloudEvent {
     #[schema(example = "application/json")]
     pub datacontenttype: Option<String>,
     /// Schema URL ending in the version, e.g. `http://127.0.0.1:8080/v1/schemas/order.paid/v1`.
+    #[schema(pattern = r"/v[0-9]{1,6}$", max_length = 2048)]
     pub dataschema: Option<String>,
-    /// Subject.
+    /// Subject (1-256 bytes, no control characters).
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub subject: Option<String>,
     /// RFC 3339 time.
     #[schema(format = DateTime)]
@@ -142,13 +156,12 @@ pub enum AcceptedResponse {
     path = "/v1/events",
     tag = "events",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the whole request idempotent (1-255 visible ASCII characters)."),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the whole request idempotent (1-255 visible ASCII characters).", pattern = r"^[!-~]{1,255}$"),
         ("traceparent" = Option<String>, Header, description = "W3C trace context; stored, and the relay's publish becomes its child span: the AMQP `traceparent` header has the same trace id and flags with the publish span's id. Ignored when invalid."),
         ("tracestate" = Option<String>, Header, description = "W3C vendor trace state (with a valid `traceparent` only); stored and passed on as an AMQP header. Ignored when invalid or longer than 512 characters."),
-        ("ce-specversion" = Option<String>, Header, description = "CloudEvents binary mode: `1.0`; then `ce-id`, `ce-source`, `ce-type` are required and the body is `data`."),
     ),
     request_body(
-        description = "An event in any of the accepted encodings.",
+        description = "An event in any of the accepted encodings. CloudEvents binary mode is a fourth: headers `ce-specversion: 1.0`, `ce-id`, `ce-source`, `ce-type` (and optional `ce-*` attributes), the event's `data` as the body (`Content-Type: application/json` or none). It is not listed as parameters because its headers only make sense together; an empty `ce-specversion` is ignored, and the media types `application/cloudevents+json` and `application/cloudevents-batch+json` decide structured mode whatever `ce-*` headers come with them.",
         content(
             (NativeEvent = "application/json", example = json!({"type": "order.paid", "version": "v1", "data": {"order_id": "o-1001", "amount": 25.5, "currency": "EUR"}})),
             (CloudEvent = "application/cloudevents+json", example = json!({"specversion": "1.0", "id": "9f0c2a6e-1d7c-4c51-8f05-5c4d2c7d7c11", "source": "/shop/checkout", "type": "order.paid.v1", "data": {"order_id": "o-1001", "amount": 25.5, "currency": "EUR"}})),
@@ -157,16 +170,15 @@ pub enum AcceptedResponse {
     ),
     security((), ("api_key" = [])),
     responses(
-        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
-            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
         (status = 403, description = "The API key may not send this event type or source; `errors` names each event.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/forbidden", "title": "This API key may not do that", "status": 403, "detail": "1 event this key may not send; first: /type: API key `checkout` may not send events of type `user.signed_up`", "errors": [{"pointer": "/type", "message": "API key `checkout` may not send events of type `user.signed_up`"}]})),
         (status = 429, description = "The API key is over its rate limit (`rate_per_sec`, one token per event); nothing was stored. Retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait")),
             example = json!({"type": "/problems/rate-limited", "title": "Too many events for this API key", "status": 429, "detail": "API key `checkout` is over its rate limit; nothing was stored"})),
         (status = 202, description = "Stored in the outbox (or already stored with the same content: then `Idempotent-Replayed: true`). A batch answers `{\"events\": [...]}` in request order.", body = AcceptedResponse,
-            headers(("Location" = String, description = "`/v1/events/{id}` of a single event"), ("Idempotent-Replayed" = String, description = "`true` when nothing new was stored")),
+            headers(("Location" = String, description = "`/v1/events/{id}` of a single event"), ("Idempotent-Replayed" = String, description = "`true` when nothing new was stored"),
+                ("Deprecation" = String, description = "RFC 9745, when some events use a deprecated schema version: `@` and the Unix time it was deprecated (the earliest)"),
+                ("Link" = String, description = "With `Deprecation`: `</v1/schemas/{type}/{newest}>; rel=\"successor-version\"` per deprecated type, the newest version not deprecated")),
             example = json!({"id": "0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11", "source": "postbox", "location": "/v1/events/0193c7c5-7b5e-7a51-9f3c-3f1c2c0e8a11"})),
         (status = 400, description = "Malformed JSON or envelope; `errors` lists every problem.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/invalid-request", "title": "The request is malformed", "status": 400, "detail": "1 error; first: /version: `version` is required", "errors": [{"pointer": "/version", "message": "`version` is required"}]})),
@@ -183,6 +195,7 @@ pub enum AcceptedResponse {
         (status = 503, description = "The outbox cannot take events now (`outbox-unavailable`: database unreachable or backlog limit; nothing was stored), postbox is at its `max_in_flight` limit (`overloaded`; nothing was done), or the request took longer than `request_timeout_ms` (`request-timeout`: the events may have been stored; a retry with the same event id or `Idempotency-Key` answers as a replay). Retry after `Retry-After`.", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait")),
             example = json!({"type": "/problems/outbox-unavailable", "title": "The outbox cannot accept events right now", "status": 503, "detail": "the outbox database is unavailable; nothing was stored"})),
+        Unauthorized,
     )
 )]
 pub async fn post_events(
@@ -206,79 +219,29 @@ pub async fn post_events(
         max_batch_events: state.config().limits.max_batch_events,
     };
     let (events, is_batch) = envelope::parse(mode, &headers, &bytes, &ctx)?;
-    caller.authorize_send(&events, mode)?;
-    validate(&state, &events, mode)?;
-    let idempotency = idempotency_key(&headers, &events)?;
     let (traceparent, tracestate) = crate::trace::from_headers(&headers);
-
-    let mut keys: Vec<String> = events
-        .iter()
-        .filter(|e| e.id_supplied)
-        .map(|e| format!("e\u{0}{}\u{0}{}", e.source, e.id))
-        .collect();
-    if let Some((k, _)) = &idempotency {
-        keys.push(format!("k\u{0}{k}"));
-    }
-    let _in_flight = state.claim_keys(keys).ok_or_else(|| {
-        ApiError::Conflict(
-            "a request with the same idempotency key or event id is being committed; retry shortly"
-                .to_owned(),
-        )
-    })?;
-
-    let max_backlog = state.config().limits.max_backlog;
-    if max_backlog > 0 && state.pending() >= i64::try_from(max_backlog).unwrap_or(i64::MAX) {
-        return Err(ApiError::Unavailable {
-            detail: format!(
-                "the outbox holds more than {max_backlog} undelivered events; nothing was stored"
-            ),
-            retry_after: 5,
-        });
-    }
-
-    let api_key = caller.key_name();
-    let rows = events
-        .iter()
-        .map(|e| {
-            to_row(
-                &state,
-                e,
-                (traceparent.clone(), tracestate.clone()),
-                api_key.clone(),
-            )
-        })
-        .collect();
-    let outcome = state
-        .writer()
-        .submit(WriteRequest { rows, idempotency })
-        .await
-        .map_err(|e| match e {
-            WriteError::QueueFull => ApiError::Unavailable {
-                detail: "postbox is at capacity (writer queue full); nothing was stored".to_owned(),
-                retry_after: 1,
-            },
-            WriteError::Store(_) => ApiError::Unavailable {
-                detail: "the outbox database is unavailable; nothing was stored".to_owned(),
-                retry_after: 2,
-            },
-            WriteError::Closed => ApiError::Unavailable {
-                detail: "postbox is shutting down; nothing was stored".to_owned(),
-                retry_after: 1,
-            },
-        })?;
-    match outcome {
-        WriteOutcome::KeyReused(detail) => Err(ApiError::IdempotencyKeyReused(detail)),
-        WriteOutcome::Stored { refs, replayed } => {
-            for e in &events {
-                metrics::counter!("postbox_events_accepted_total", "type" => e.event_type.clone())
-                    .increment(1);
-            }
-            Ok(accepted(refs, replayed, is_batch))
-        }
-    }
+    let submission = Submission {
+        events,
+        mode,
+        // Not UTF-8 is not visible ASCII either: ingest refuses it like any other bad key.
+        idempotency_key: headers
+            .get("idempotency-key")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()),
+        trace: TraceContext {
+            traceparent,
+            tracestate,
+        },
+    };
+    let receipt = state.ingest().accept(&caller, submission).await?;
+    Ok(accepted(receipt, is_batch, &state.config().public_url))
 }
 
-fn accepted(refs: Vec<StoredRef>, replayed: bool, is_batch: bool) -> Response {
+fn accepted(receipt: Receipt, is_batch: bool, public_url: &str) -> Response {
+    let Receipt {
+        refs,
+        replayed,
+        deprecated,
+    } = receipt;
     let mut list: Vec<Accepted> = refs
         .into_iter()
         .map(|r| Accepted {
@@ -311,7 +274,35 @@ fn accepted(refs: Vec<StoredRef>, replayed: bool, is_batch: bool) -> Response {
         resp.headers_mut()
             .insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
+    deprecation_headers(&mut resp, &deprecated, public_url);
     resp
+}
+
+/// RFC 9745: `Deprecation: @<seconds>` (the earliest deprecation among the events) and one
+/// `Link: <…/v1/schemas/{type}/{newest}>; rel="successor-version"` per deprecated type.
+fn deprecation_headers(resp: &mut Response, deprecated: &[DeprecatedUse], public_url: &str) {
+    let Some(since) = deprecated.iter().map(|d| d.since).min() else {
+        return;
+    };
+    if let Ok(v) = HeaderValue::from_str(&format!("@{}", since.div_euclid(1_000_000))) {
+        resp.headers_mut().insert("deprecation", v);
+    }
+    let links: Vec<String> = deprecated
+        .iter()
+        .filter_map(|d| {
+            d.successor.as_ref().map(|s| {
+                format!(
+                    "<{public_url}/v1/schemas/{}/{s}>; rel=\"successor-version\"",
+                    d.event_type
+                )
+            })
+        })
+        .collect();
+    if !links.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&links.join(", "))
+    {
+        resp.headers_mut().insert(header::LINK, v);
+    }
 }
 
 /// `/v1/events/{id}`, plus `?source=` unless the source is postbox's default (ids are unique
@@ -342,128 +333,6 @@ async fn read_body(body: Body, limit: usize) -> ApiResult<bytes::Bytes> {
     })
 }
 
-/// Every event against its schema; all problems of all events are reported together.
-fn validate(state: &AppState, events: &[Event], mode: Mode) -> ApiResult<()> {
-    let mut unknown: Vec<FieldError> = Vec::new();
-    let mut available = Vec::new();
-    let mut violations: Vec<FieldError> = Vec::new();
-    for e in events {
-        match state.registry().get(&e.event_type, &e.version) {
-            None => {
-                let versions = state.registry().versions(&e.event_type);
-                let msg = if versions.is_empty() {
-                    format!("there is no schema for type `{}`", e.event_type)
-                } else {
-                    format!(
-                        "type `{}` has no version `{}`; it has {}",
-                        e.event_type,
-                        e.version,
-                        versions.join(", ")
-                    )
-                };
-                let field = match (mode, e.native && !versions.is_empty()) {
-                    (Mode::Binary, _) => "header:ce-type".to_owned(),
-                    // The type exists, so the native envelope's `version` is what is wrong.
-                    (_, true) => format!("{}/version", e.pointer),
-                    (_, false) => format!("{}/type", e.pointer),
-                };
-                unknown.push(FieldError::new(field, msg));
-                available = versions;
-            }
-            Some(schema) => {
-                let at = if mode == Mode::Binary {
-                    String::new()
-                } else {
-                    format!("{}/data", e.pointer)
-                };
-                violations.extend(schema.violations(e.data(), &at));
-            }
-        }
-    }
-    if !unknown.is_empty() {
-        let detail = summarize(&unknown, "unknown type or version");
-        return Err(ApiError::UnknownSchema {
-            detail,
-            available,
-            errors: unknown,
-        });
-    }
-    if !violations.is_empty() {
-        let detail = summarize(&violations, "schema violation");
-        return Err(ApiError::SchemaViolation {
-            detail,
-            errors: violations,
-        });
-    }
-    Ok(())
-}
-
-/// `Idempotency-Key` header and the hash of the request's content.
-fn idempotency_key(headers: &HeaderMap, events: &[Event]) -> ApiResult<Option<(String, Vec<u8>)>> {
-    let Some(raw) = headers.get("idempotency-key") else {
-        return Ok(None);
-    };
-    let key = raw
-        .to_str()
-        .ok()
-        .map(|s| s.trim_matches('"'))
-        .filter(|s| {
-            !s.is_empty()
-                && s.len() <= MAX_IDEMPOTENCY_KEY
-                && s.bytes().all(|b| b.is_ascii_graphic())
-        })
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "header:idempotency-key",
-                format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
-            )
-        })?;
-    let mut h = Sha256::new();
-    for e in events {
-        h.update(e.content_hash);
-    }
-    Ok(Some((key.to_owned(), h.finalize().to_vec())))
-}
-
-/// `trace` is the request's `(traceparent, tracestate)`.
-fn to_row(
-    state: &AppState,
-    e: &Event,
-    trace: (Option<String>, Option<String>),
-    api_key: Option<String>,
-) -> NewRow {
-    let body = serde_json::to_vec(&e.cloudevent).unwrap_or_default();
-    // Attributes for the ce-* headers: everything but `data` (not cloned: it can be large).
-    let attrs: std::collections::BTreeMap<&String, &Value> = e
-        .cloudevent
-        .iter()
-        .filter(|(k, _)| k.as_str() != "data")
-        .collect();
-    let attributes = serde_json::to_string(&attrs).unwrap_or_default();
-    NewRow {
-        event_id: e.id.clone(),
-        source: e.source.clone(),
-        event_type: e.event_type.clone(),
-        version: e.version.clone(),
-        ce_type: e.ce_type().to_owned(),
-        subject: e.subject.clone(),
-        ordering_key: e.key.clone(),
-        event_time: micros(e.time),
-        routing_key: format!(
-            "{}.{}.{}",
-            state.config().routing_prefix,
-            e.event_type,
-            e.version
-        ),
-        body,
-        attributes,
-        content_hash: e.content_hash.to_vec(),
-        traceparent: trace.0,
-        tracestate: trace.1,
-        api_key,
-    }
-}
-
 /// Delivery state of one event.
 ///
 /// Ids are unique per source; when several sources used the same id, add `?source=`.
@@ -477,16 +346,10 @@ fn to_row(
     ),
     security((), ("api_key" = [])),
     responses(
-        (status = 401, description = "No API key, or not a valid one (only when API keys are configured).", body = Problem, content_type = "application/problem+json",
-            headers(("WWW-Authenticate" = String, description = "`Bearer realm=\"postbox\"`")),
-            example = json!({"type": "/problems/unauthorized", "title": "A valid API key is required", "status": 401, "detail": "this endpoint needs an API key: send `Authorization: Bearer <key>`"})),
         (status = 200, description = "The event and its delivery state (`pending`, `published`, `dead`).", body = EventRecord),
-        (status = 404, description = "No event with this id.", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "/problems/not-found", "title": "Not found", "status": 404, "detail": "no event with id `x`"})),
         (status = 409, description = "Several sources used this id; add `?source=`.", body = Problem, content_type = "application/problem+json",
             example = json!({"type": "/problems/ambiguous-event-id", "title": "Several sources used this event id", "status": 409, "detail": "2 events have id `1` (sources: a, b); add ?source="})),
-        (status = 503, description = "The outbox database is unavailable.", body = Problem, content_type = "application/problem+json",
-            example = json!({"type": "/problems/outbox-unavailable", "title": "The outbox cannot accept events right now", "status": 503, "detail": "the outbox database is unavailable"})),
+        Unauthorized, EventNotFound, OutboxUnavailable,
     )
 )]
 pub async fn get_event(
@@ -511,17 +374,7 @@ pub async fn find_one(state: &AppState, id: &str, query: Option<&str>) -> ApiRes
             .find(|(k, _)| k == "source")
             .map(|(_, v)| v.into_owned())
     });
-    let mut found = state
-        .store()
-        .find(id, source.as_deref())
-        .await
-        .map_err(|e| {
-            tracing::warn!(error = %e, "reading an event failed");
-            ApiError::Unavailable {
-                detail: "the outbox database is unavailable".to_owned(),
-                retry_after: 2,
-            }
-        })?;
+    let mut found = state.store().find(id, source.as_deref()).await?;
     match found.len() {
         0 => Err(ApiError::NotFound(format!("no event with id `{id}`"))),
         1 => Ok(found.remove(0)),

@@ -26,7 +26,8 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::Limits, error::ApiError};
+use super::error::ApiError;
+use crate::config::Limits;
 
 /// Routes that probes and scrapers must always reach, even under overload.
 const UNLIMITED: &[&str] = &["/healthz", "/readyz", "/metrics"];

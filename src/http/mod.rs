@@ -3,16 +3,20 @@
 
 pub mod admin;
 pub mod auth;
+pub mod console;
 pub mod docs;
+pub mod error;
 pub mod events;
 pub mod health;
 pub mod limits;
+pub mod responses;
 pub mod schemas;
+pub mod stats;
+pub mod validate;
 
 use std::{
-    collections::HashSet,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicI64, Ordering},
     },
     time::Instant,
@@ -30,12 +34,14 @@ use tower_http::decompression::RequestDecompressionLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use self::error::ApiError;
 use crate::{
     config::Config,
-    error::ApiError,
+    ingest::{self, Ingest},
     outbox::{Store, writer::Writer},
-    relay::BrokerStatus,
-    schema::Registry,
+    schema::{Catalog, Registry},
+    sink::Health,
+    stats::Series,
 };
 
 /// Cheap handles shared by every request.
@@ -45,14 +51,15 @@ pub struct AppState {
 }
 
 struct Inner {
+    ingest: Ingest,
     config: Config,
     store: Store,
-    registry: Registry,
+    catalog: Catalog,
     writer: Writer,
-    broker: BrokerStatus,
+    broker: Health,
     metrics: PrometheusHandle,
-    in_flight: Mutex<HashSet<String>>,
     pending: Arc<AtomicI64>,
+    stats: Series,
 }
 
 impl AppState {
@@ -60,24 +67,40 @@ impl AppState {
     pub fn new(
         config: Config,
         store: Store,
-        registry: Registry,
+        catalog: Catalog,
         writer: Writer,
-        broker: BrokerStatus,
+        broker: Health,
         metrics: PrometheusHandle,
         pending: Arc<AtomicI64>,
     ) -> AppState {
+        let ingest = Ingest::new(
+            ingest::Settings {
+                routing_prefix: config.routing_prefix.clone(),
+                max_backlog: config.limits.max_backlog,
+            },
+            catalog.registry().clone(),
+            writer.clone(),
+            pending.clone(),
+        );
+        let stats = Series::new(config.stats_interval);
         AppState {
             inner: Arc::new(Inner {
+                stats,
+                ingest,
                 config,
                 store,
-                registry,
+                catalog,
                 writer,
                 broker,
                 metrics,
-                in_flight: Mutex::new(HashSet::new()),
                 pending,
             }),
         }
+    }
+
+    /// The use case every `POST /v1/events` calls.
+    pub fn ingest(&self) -> &Ingest {
+        &self.inner.ingest
     }
 
     /// Configuration.
@@ -92,7 +115,12 @@ impl AppState {
 
     /// Schemas.
     pub fn registry(&self) -> &Registry {
-        &self.inner.registry
+        self.inner.catalog.registry()
+    }
+
+    /// The schema registry service (registrations, modes, deprecations).
+    pub fn catalog(&self) -> &Catalog {
+        &self.inner.catalog
     }
 
     /// Group-commit writer.
@@ -101,7 +129,7 @@ impl AppState {
     }
 
     /// Broker status.
-    pub fn broker(&self) -> &BrokerStatus {
+    pub fn broker(&self) -> &Health {
         &self.inner.broker
     }
 
@@ -115,42 +143,9 @@ impl AppState {
         self.inner.pending.load(Ordering::Relaxed)
     }
 
-    /// Mark keys as being committed; `None` if one of them already is (→ 409).
-    pub fn claim_keys(&self, keys: Vec<String>) -> Option<InFlight> {
-        if keys.is_empty() {
-            return Some(InFlight {
-                state: self.clone(),
-                keys,
-            });
-        }
-        let mut set = self.inner.in_flight.lock().ok()?;
-        if keys.iter().any(|k| set.contains(k)) {
-            return None;
-        }
-        set.extend(keys.iter().cloned());
-        Some(InFlight {
-            state: self.clone(),
-            keys,
-        })
-    }
-}
-
-/// Keys of a request being committed; released on drop.
-pub struct InFlight {
-    state: AppState,
-    keys: Vec<String>,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if self.keys.is_empty() {
-            return;
-        }
-        if let Ok(mut set) = self.state.inner.in_flight.lock() {
-            for k in &self.keys {
-                set.remove(k);
-            }
-        }
+    /// The sampled figures of `GET /v1/stats`.
+    pub fn stats(&self) -> &Series {
+        &self.inner.stats
     }
 }
 
@@ -165,9 +160,9 @@ impl Drop for InFlight {
     tags(
         (name = "events", description = "Send events and follow their delivery"),
         (name = "schemas", description = "The JSON Schemas events are validated against"),
-        (name = "operations", description = "Health, readiness and metrics")
+        (name = "operations", description = "Health, readiness, metrics and figures; listing, searching and redelivering events")
     ),
-    components(schemas(crate::error::Problem, crate::error::FieldError)),
+    components(schemas(error::Problem, crate::pointer::FieldError)),
     modifiers(&BearerKeys)
 )]
 pub struct ApiDoc;
@@ -200,7 +195,9 @@ pub fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(events::routes())
         .merge(admin::routes())
         .merge(schemas::routes())
+        .merge(validate::routes())
         .merge(health::routes())
+        .merge(stats::routes())
         .split_for_parts()
 }
 
@@ -220,6 +217,7 @@ pub fn router(state: AppState) -> Router {
     let timeout = limits.request_timeout;
     routes
         .merge(docs::routes(doc))
+        .merge(console::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
@@ -257,7 +255,7 @@ async fn method_not_allowed() -> Response {
         "request rejected"
     );
     metrics::counter!("postbox_http_rejected_total", "reason" => "method-not-allowed").increment(1);
-    let p = crate::error::Problem {
+    let p = error::Problem {
         kind: "/problems/method-not-allowed".to_owned(),
         title: "Method not allowed".to_owned(),
         status: 405,
@@ -265,7 +263,7 @@ async fn method_not_allowed() -> Response {
         errors: Vec::new(),
         available_versions: None,
     };
-    crate::error::problem_response(StatusCode::METHOD_NOT_ALLOWED, &p)
+    error::problem_response(StatusCode::METHOD_NOT_ALLOWED, &p)
 }
 
 /// Request count and latency per route and status.

@@ -1,5 +1,7 @@
-//! Background upkeep of the outbox: backlog gauges every few seconds, and pruning of published
-//! rows past the retention window, in bounded batches so the outbox does not bloat.
+//! Background upkeep of the outbox: backlog gauges every few seconds; the bodies of published
+//! events dropped after `payload_retention` (their rows stay, as idempotency records); and
+//! published rows pruned past the retention window. All in bounded batches, so the outbox does
+//! not bloat and no statement runs long.
 
 use std::{
     sync::{
@@ -21,19 +23,35 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 const PRUNE_BATCH: u32 = 5000;
 
 /// Run until cancelled.
+/// How long published rows and their bodies are kept.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Rows (the `(source, id)` and `Idempotency-Key` records).
+    pub rows: Duration,
+    /// Bodies (at most `rows`).
+    pub payloads: Duration,
+}
+
+/// Run until cancelled.
 pub async fn run(
     store: Store,
-    retention: Duration,
+    retention: Retention,
     pending: Arc<AtomicI64>,
     token: CancellationToken,
 ) {
     let mut stats = tokio::time::interval(STATS_EVERY);
     let mut prune = tokio::time::interval(PRUNE_EVERY);
+    // Bodies are dropped in `published_at` order; this is where the next round starts (from the
+    // beginning after a restart, which costs one index scan of the already-dropped range).
+    let mut payload_mark = 0;
     loop {
         tokio::select! {
             () = token.cancelled() => return,
             _ = stats.tick() => refresh(&store, &pending).await,
-            _ = prune.tick() => prune_all(&store, retention).await,
+            _ = prune.tick() => {
+                payload_mark = prune_payloads(&store, retention.payloads, payload_mark).await;
+                prune_all(&store, retention.rows).await
+            }
         }
     }
 }
@@ -51,6 +69,26 @@ async fn refresh(store: &Store, pending: &AtomicI64) {
             metrics::gauge!("postbox_outbox_oldest_pending_age_seconds").set(age);
         }
         Err(e) => tracing::debug!(error = %e, "backlog stats unavailable"),
+    }
+}
+
+async fn prune_payloads(store: &Store, keep: Duration, mut mark: i64) -> i64 {
+    let before = now_micros() - i64::try_from(keep.as_micros()).unwrap_or(i64::MAX / 2);
+    loop {
+        match store.prune_payloads(before, mark, PRUNE_BATCH).await {
+            Ok((n, next)) => {
+                metrics::counter!("postbox_payloads_pruned_total").increment(n);
+                let done = next >= before || next == mark;
+                mark = next;
+                if done {
+                    return mark;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "dropping published bodies skipped");
+                return mark;
+            }
+        }
     }
 }
 

@@ -1,13 +1,17 @@
 //! The outbox: row types, the [`OutboxStore`] trait, and the two backends behind [`Store`].
+//! It knows nothing of the relay or of any broker.
 //!
 //! Timestamps are stored as integer microseconds since the Unix epoch in both backends, so the
 //! same SQL and the same decoding serve SQLite and PostgreSQL (see `sql.rs`).
 
 pub mod housekeeping;
-pub mod partitions;
+pub mod leases;
+mod pool;
 mod postgres;
+pub mod schemas;
 mod sql;
 mod sqlite;
+mod sqlite_lane;
 pub mod wake;
 pub mod writer;
 
@@ -95,8 +99,24 @@ impl NewRow {
     /// The partition this event belongs to: all events of one ordering key share one, so the
     /// instance that owns it publishes them in order; unkeyed events spread by id.
     pub fn partition(&self) -> i32 {
-        partitions::partition_of(self.ordering_key.as_deref().unwrap_or(&self.event_id))
+        partition_of(self.ordering_key.as_deref().unwrap_or(&self.event_id))
     }
+}
+
+/// Number of partitions the outbox is split into (see the relay's partition ownership). Fixed:
+/// it is part of the stored data (the `partition_id` column), so changing it would split keys
+/// across partitions.
+pub const PARTITIONS: i32 = 64;
+
+/// The partition of an ordering key (or event id): FNV-1a, stable across builds and platforms.
+pub fn partition_of(key: &str) -> i32 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // `PARTITIONS` is a small positive constant, so the remainder fits.
+    i32::try_from(h % u64::from(PARTITIONS.unsigned_abs())).unwrap_or(0)
 }
 
 /// One HTTP request's worth of events, committed atomically.
@@ -131,6 +151,9 @@ pub enum WriteOutcome {
     },
     /// A key was already used for different content; nothing of this request was stored.
     KeyReused(String),
+    /// Another request with the same key was in the same commit; nothing of this request was
+    /// stored (the writer keeps such requests apart, so this is a safety net).
+    InProgress,
 }
 
 /// A row claimed by the relay.
@@ -140,6 +163,8 @@ pub struct Claimed {
     pub seq: i64,
     /// Event id (AMQP `message_id`).
     pub event_id: String,
+    /// Event source (with the id, the key brokers deduplicate on).
+    pub source: String,
     /// CloudEvents `type` as sent (AMQP `type`).
     pub ce_type: String,
     /// Routing key.
@@ -156,7 +181,7 @@ pub struct Claimed {
     pub attempts: i32,
     /// Commit time, µs since epoch (AMQP `timestamp`, relay lag).
     pub created_at: i64,
-    /// Partition (see [`partitions`]).
+    /// Partition (see [`partition_of`]).
     pub partition: i32,
     /// The lease this claim set (µs since epoch). Retries and releases are fenced by it: a
     /// relay whose lease was taken over (or ran out and was claimed again) changes nothing.
@@ -227,6 +252,13 @@ pub struct EventRecord {
     /// Name of the API key that sent it (absent when authentication is off).
     #[schema(example = "checkout")]
     pub api_key: Option<String>,
+    /// The W3C `traceparent` the event was sent with (absent when none, or an invalid one,
+    /// came with the request).
+    #[schema(example = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")]
+    pub traceparent: Option<String>,
+    /// The trace id of `traceparent`: what to search for in a tracing backend.
+    #[schema(example = "4bf92f3577b34da6a3ce929d0e0e4736")]
+    pub trace_id: Option<String>,
     /// Event time.
     #[schema(value_type = String, format = DateTime)]
     #[serde(with = "time::serde::rfc3339")]
@@ -247,9 +279,54 @@ pub struct EventRecord {
     #[schema(value_type = Option<String>, format = DateTime)]
     #[serde(with = "time::serde::rfc3339::option")]
     pub published_at: Option<OffsetDateTime>,
-    /// The CloudEvent as published.
+    /// The CloudEvent as published (`null` once its body was dropped: see `body_pruned`).
     #[schema(value_type = Object)]
     pub event: serde_json::Value,
+    /// The body of this published event is no longer kept (`payload_retention_hours` passed);
+    /// its record stays for deduplication until `retention_hours`, but it cannot be redelivered.
+    pub body_pruned: bool,
+}
+
+/// Which events a listing, a count or a bulk redelivery covers. Every field that is set
+/// narrows the set; none set means every event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Only events in this delivery state.
+    pub status: Option<Status>,
+    /// Only events of this type (without version).
+    pub event_type: Option<String>,
+    /// Only events of this source.
+    pub source: Option<String>,
+    /// Only events with this ordering key.
+    pub key: Option<String>,
+    /// Only events with this id.
+    pub id: Option<String>,
+    /// Only events committed at or after this time (µs since the epoch).
+    pub created_from: Option<i64>,
+    /// Only events committed before this time (µs since the epoch).
+    pub created_before: Option<i64>,
+}
+
+/// Which way a listing runs through commit order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Order {
+    /// Oldest first (`seq` ascending).
+    #[default]
+    Oldest,
+    /// Newest first (`seq` descending).
+    Newest,
+}
+
+/// One page of a listing: rows past the cursor `after` (a `seq`, exclusive, in the direction of
+/// `order`), at most `limit` of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageRequest {
+    /// The last `seq` of the previous page.
+    pub after: Option<i64>,
+    /// Direction.
+    pub order: Order,
+    /// Page size.
+    pub limit: u32,
 }
 
 /// Backlog figures for metrics and `/readyz`.
@@ -269,6 +346,8 @@ pub trait OutboxStore: Send + Sync {
     fn migrate(&self) -> impl Future<Output = anyhow::Result<()>> + Send;
     /// Cheap round trip.
     fn ping(&self) -> impl Future<Output = StoreResult<()>> + Send;
+    /// Commit one small durable write the way the group-commit writer commits events.
+    fn probe(&self) -> impl Future<Output = StoreResult<()>> + Send;
     /// Group commit: every request in one transaction, each atomic on its own.
     fn commit(
         &self,
@@ -280,12 +359,14 @@ pub trait OutboxStore: Send + Sync {
         id: &str,
         source: Option<&str>,
     ) -> impl Future<Output = StoreResult<Vec<EventRecord>>> + Send;
-    /// Lease up to `limit` due rows, oldest first; only rows of `partitions` when given.
+    /// Lease up to `limit` due rows with a `seq` above `after`, oldest first; only rows of
+    /// `scope`'s partitions when given (several instances on one PostgreSQL outbox).
     fn claim(
         &self,
         limit: u32,
         lease: Duration,
-        partitions: Option<&[i32]>,
+        after: i64,
+        scope: Option<&ClaimScope<'_>>,
     ) -> impl Future<Output = StoreResult<Vec<Claimed>>> + Send;
     /// Record publish results.
     fn settle(&self, results: &[Settlement]) -> impl Future<Output = StoreResult<()>> + Send;
@@ -293,15 +374,37 @@ pub trait OutboxStore: Send + Sync {
     fn stats(&self) -> impl Future<Output = StoreResult<Stats>> + Send;
     /// Delete up to `limit` published rows and idempotency keys older than `before`.
     fn prune(&self, before: i64, limit: u32) -> impl Future<Output = StoreResult<u64>> + Send;
-    /// Up to `limit` events with `status`, after the cursor `after` (a `seq`), oldest first.
+    /// Drop the bodies of up to `limit` events published in `[from, before)`; returns how many
+    /// and where the next round starts.
+    fn prune_payloads(
+        &self,
+        before: i64,
+        from: i64,
+        limit: u32,
+    ) -> impl Future<Output = StoreResult<(u64, i64)>> + Send;
+    /// One page of the events `filter` selects, with their `seq` (the cursor).
     fn list(
         &self,
-        status: Status,
-        after: i64,
-        limit: u32,
+        filter: &EventFilter,
+        page: PageRequest,
     ) -> impl Future<Output = StoreResult<Vec<(i64, EventRecord)>>> + Send;
+    /// How many events `filter` selects.
+    fn count(&self, filter: &EventFilter) -> impl Future<Output = StoreResult<u64>> + Send;
     /// Make events pending again with fresh attempts; returns how many.
     fn redeliver(&self, target: Redeliver<'_>) -> impl Future<Output = StoreResult<u64>> + Send;
+}
+
+/// The part of a shared outbox one instance may claim from: its partitions, each with the
+/// epoch of its lease, so that a claim is fenced in the database: once another instance has
+/// taken a partition over (raising its epoch), claims made with the old epoch take nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimScope<'a> {
+    /// Partitions owned.
+    pub partitions: &'a [i32],
+    /// The lease epoch of each, in the same order.
+    pub epochs: &'a [i64],
+    /// This instance (the leases' owner).
+    pub owner: &'a str,
 }
 
 /// Which events to send again.
@@ -314,11 +417,9 @@ pub enum Redeliver<'a> {
         /// Event source.
         source: &'a str,
     },
-    /// Every dead event, optionally of one type.
-    AllDead {
-        /// Only this type.
-        event_type: Option<&'a str>,
-    },
+    /// Every dead event the filter selects (its `status` is ignored: only dead events are
+    /// redriven in bulk).
+    Dead(&'a EventFilter),
 }
 
 /// The configured backend.
@@ -342,7 +443,7 @@ impl Store {
     /// At start-up: an embedded SQLite outbox has one relay (this process), so leases left by a
     /// crash are stale and released at once. With PostgreSQL other instances may hold live
     /// leases; those of a dead instance are released when its partitions are taken over (see
-    /// [`partitions`]).
+    /// the relay's partition ownership).
     pub async fn release_stale_leases(&self) -> StoreResult<()> {
         match self {
             Store::Sqlite(s) => s.release_leases().await,
@@ -375,6 +476,9 @@ impl OutboxStore for Store {
     async fn ping(&self) -> StoreResult<()> {
         delegate!(self, s => s.ping().await)
     }
+    async fn probe(&self) -> StoreResult<()> {
+        delegate!(self, s => s.probe().await)
+    }
     async fn commit(&self, reqs: &[WriteRequest]) -> StoreResult<Vec<WriteOutcome>> {
         delegate!(self, s => s.commit(reqs).await)
     }
@@ -385,9 +489,10 @@ impl OutboxStore for Store {
         &self,
         limit: u32,
         lease: Duration,
-        partitions: Option<&[i32]>,
+        after: i64,
+        scope: Option<&ClaimScope<'_>>,
     ) -> StoreResult<Vec<Claimed>> {
-        delegate!(self, s => s.claim(limit, lease, partitions).await)
+        delegate!(self, s => s.claim(limit, lease, after, scope).await)
     }
     async fn settle(&self, results: &[Settlement]) -> StoreResult<()> {
         delegate!(self, s => s.settle(results).await)
@@ -398,13 +503,18 @@ impl OutboxStore for Store {
     async fn prune(&self, before: i64, limit: u32) -> StoreResult<u64> {
         delegate!(self, s => s.prune(before, limit).await)
     }
+    async fn prune_payloads(&self, before: i64, from: i64, limit: u32) -> StoreResult<(u64, i64)> {
+        delegate!(self, s => s.prune_payloads(before, from, limit).await)
+    }
     async fn list(
         &self,
-        status: Status,
-        after: i64,
-        limit: u32,
+        filter: &EventFilter,
+        page: PageRequest,
     ) -> StoreResult<Vec<(i64, EventRecord)>> {
-        delegate!(self, s => s.list(status, after, limit).await)
+        delegate!(self, s => s.list(filter, page).await)
+    }
+    async fn count(&self, filter: &EventFilter) -> StoreResult<u64> {
+        delegate!(self, s => s.count(filter).await)
     }
     async fn redeliver(&self, target: Redeliver<'_>) -> StoreResult<u64> {
         delegate!(self, s => s.redeliver(target).await)
@@ -430,6 +540,24 @@ pub fn from_micros(us: i64) -> OffsetDateTime {
 #[cfg(test)]
 mod tests {
     use sqlx::{Connection, migrate::Migrator};
+
+    #[test]
+    fn partitions_are_stable_and_spread() {
+        assert_eq!(
+            super::partition_of("customer-42"),
+            super::partition_of("customer-42")
+        );
+        // FNV-1a of "" is the offset basis.
+        assert_eq!(
+            super::partition_of(""),
+            (0xcbf2_9ce4_8422_2325_u64 % 64) as i32
+        );
+        let mut seen = [0u32; super::PARTITIONS as usize];
+        for i in 0..6400 {
+            seen[super::partition_of(&format!("key-{i}")) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (50..=150).contains(n)), "{seen:?}");
+    }
 
     /// The migrations up to `version` only: a database as an older postbox left it.
     fn up_to(m: Migrator, version: i64) -> Migrator {
@@ -541,6 +669,428 @@ mod tests {
         }
     }
 
+    fn req(rows: Vec<super::NewRow>) -> super::WriteRequest {
+        super::WriteRequest {
+            rows,
+            idempotency: None,
+        }
+    }
+
+    /// A claim whose caller stopped waiting (the relay's database timeout) leaves no leases
+    /// behind: SQLite claims run whole on their own thread, which cannot be cancelled half-way
+    /// as an awaited transaction could, so the rows it leased for nobody are handed back.
+    #[tokio::test]
+    async fn an_abandoned_sqlite_claim_leaves_no_leases() {
+        use super::OutboxStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let rows = (0..5).map(|i| row(&format!("a-{i}"))).map(|mut r| {
+            r.ordering_key = None;
+            r
+        });
+        store.commit(&[req(rows.collect())]).await.unwrap();
+        // A big group first keeps the thread busy (it is committed although nobody waits for
+        // its answer), so the claims queued behind it cannot be answered within their first poll.
+        use futures_util::FutureExt as _;
+        let busy = (0..20_000).map(|i| row(&format!("b-{i}"))).map(|mut r| {
+            r.ordering_key = None;
+            r
+        });
+        assert!(
+            store
+                .commit(&[req(busy.collect())])
+                .now_or_never()
+                .is_none()
+        );
+        // Each claim is polled once (its job is handed to the thread) and then dropped.
+        let mut abandoned = 0;
+        for _ in 0..20 {
+            let once = store
+                .claim(10, std::time::Duration::from_secs(600), 0, None)
+                .now_or_never();
+            abandoned += usize::from(once.is_none());
+        }
+        assert_eq!(
+            abandoned, 20,
+            "a claim was answered before the big group was committed"
+        );
+        // The lane handles its jobs in order: a claim now comes after every abandoned one.
+        let claimed = store
+            .claim(30_000, std::time::Duration::from_secs(600), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 20_005, "every row is claimable again");
+    }
+
+    async fn sqlite_store(dir: &tempfile::TempDir) -> super::Store {
+        use super::OutboxStore;
+        let store = super::Store::open(&crate::config::StoreKind::Sqlite {
+            path: dir.path().join("o.db"),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        store
+    }
+
+    /// A fresh PostgreSQL database, migrated; dropped by [`drop_pg`].
+    async fn pg_store() -> (super::Store, String) {
+        use super::OutboxStore;
+        let name = format!("postbox_unit_{}", uuid::Uuid::now_v7().simple());
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(&format!("create database {name}"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let store = super::Store::open(&crate::config::StoreKind::Postgres {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        })
+        .await
+        .unwrap();
+        store.migrate().await.unwrap();
+        (store, name)
+    }
+
+    async fn drop_pg(name: &str) {
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        sqlx::query(&format!("drop database if exists {name} with (force)"))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    /// Two requests of one group with the same `(source, id)` and different content: the
+    /// second must not be told its content is stored (it was the first's), and taking it back
+    /// must not delete the first's row.
+    async fn one_id_twice_in_a_group(store: &super::Store) {
+        use super::{OutboxStore, WriteOutcome};
+        let mut other = row("same");
+        other.content_hash = vec![2; 32];
+        other.body = b"{\"other\":true}".to_vec();
+        let mut mine = row("mine");
+        mine.ordering_key = None;
+        let out = store
+            .commit(&[req(vec![row("same")]), req(vec![mine, other])])
+            .await
+            .unwrap();
+        assert!(
+            matches!(&out[0], WriteOutcome::Stored { replayed: false, refs } if refs.len() == 1)
+        );
+        assert_eq!(out[1], WriteOutcome::InProgress);
+        let same = store.find("same", Some("/s")).await.unwrap();
+        assert_eq!(same.len(), 1);
+        assert_eq!(same[0].event, serde_json::json!({}));
+        assert!(
+            store.find("mine", Some("/s")).await.unwrap().is_empty(),
+            "nothing of the second request is stored"
+        );
+    }
+
+    /// Two requests of one group with the same `Idempotency-Key`: the first is stored, the
+    /// second answered "in progress"; the group does not fail on the unique index.
+    async fn one_idempotency_key_twice_in_a_group(store: &super::Store) {
+        use super::{OutboxStore, WriteOutcome, WriteRequest};
+        let keyed = |id: &str| WriteRequest {
+            rows: vec![row(id)],
+            idempotency: Some(("key-1".to_owned(), vec![9; 32])),
+        };
+        let out = store.commit(&[keyed("k1"), keyed("k2")]).await.unwrap();
+        assert!(matches!(
+            &out[0],
+            WriteOutcome::Stored {
+                replayed: false,
+                ..
+            }
+        ));
+        assert_eq!(out[1], WriteOutcome::InProgress);
+        assert!(store.find("k2", Some("/s")).await.unwrap().is_empty());
+    }
+
+    /// Commits cancelled at every point (a timeout, a dropped request) leave no connection
+    /// inside a transaction: the next commit goes through at once.
+    async fn cancelled_commits_do_not_wedge_the_store(store: &super::Store) {
+        for k in 0..300 {
+            cancelled_commit(store, k).await;
+        }
+        commits_promptly(store).await;
+    }
+
+    /// A commit cancelled after `k` turns of the scheduler. Timers tick in milliseconds, too
+    /// coarse for a begin on a local database; a turn is a microsecond or so.
+    async fn cancelled_commit(store: &super::Store, k: usize) {
+        use super::OutboxStore;
+        let mut r = row(&format!("c{k}"));
+        r.ordering_key = None;
+        let reqs = [req(vec![r])];
+        tokio::select! {
+            biased;
+            _ = store.commit(&reqs) => {}
+            () = async {
+                for _ in 0..k * 2 {
+                    tokio::task::yield_now().await;
+                }
+            } => {}
+        }
+    }
+
+    async fn commits_promptly(store: &super::Store) {
+        use super::OutboxStore;
+        use std::time::Duration;
+        let mut r = row("after");
+        r.ordering_key = None;
+        tokio::time::timeout(Duration::from_secs(3), store.commit(&[req(vec![r])]))
+            .await
+            .expect("the commit after the cancelled ones is not stuck behind a lock")
+            .expect("the commit after the cancelled ones succeeds");
+        tokio::time::timeout(Duration::from_secs(3), store.probe())
+            .await
+            .expect("probe not stuck")
+            .expect("probe succeeds");
+    }
+
+    /// A published event's body goes after `payload_retention`; its row stays (a replay of its
+    /// `(source, id)` still answers as one), it shows as pruned, and it cannot be redelivered.
+    async fn published_bodies_are_dropped_and_rows_kept(store: &super::Store) {
+        use super::{OutboxStore, Redeliver, Settlement, WriteOutcome};
+        use std::time::Duration;
+        let mut a = row("pa");
+        a.ordering_key = None;
+        store.commit(&[req(vec![a.clone()])]).await.unwrap();
+        let claimed = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        store
+            .settle(&[Settlement::Published {
+                seq: claimed[0].seq,
+            }])
+            .await
+            .unwrap();
+        let later = super::now_micros() + 1_000_000;
+        let (n, mark) = store.prune_payloads(later, 0, 100).await.unwrap();
+        assert_eq!((n, mark), (1, later));
+        let (again, _) = store.prune_payloads(later, mark, 100).await.unwrap();
+        assert_eq!(again, 0);
+        let rec = &store.find("pa", Some("/s")).await.unwrap()[0];
+        assert!(rec.body_pruned);
+        assert_eq!(rec.event, serde_json::Value::Null);
+        let out = store.commit(&[req(vec![a])]).await.unwrap();
+        assert!(matches!(
+            &out[0],
+            WriteOutcome::Stored { replayed: true, .. }
+        ));
+        let n = store
+            .redeliver(Redeliver::One {
+                id: "pa",
+                source: "/s",
+            })
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "no body, no redelivery");
+    }
+
+    #[tokio::test]
+    async fn published_bodies_are_dropped_and_rows_kept_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        published_bodies_are_dropped_and_rows_kept(&sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn published_bodies_are_dropped_and_rows_kept_postgres() {
+        let (store, name) = pg_store().await;
+        published_bodies_are_dropped_and_rows_kept(&store).await;
+        drop_pg(&name).await;
+    }
+
+    #[tokio::test]
+    async fn group_commit_keeps_requests_apart_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        one_id_twice_in_a_group(&store).await;
+        one_idempotency_key_twice_in_a_group(&store).await;
+    }
+
+    #[tokio::test]
+    async fn group_commit_keeps_requests_apart_postgres() {
+        let (store, name) = pg_store().await;
+        one_id_twice_in_a_group(&store).await;
+        one_idempotency_key_twice_in_a_group(&store).await;
+        drop_pg(&name).await;
+    }
+
+    /// A new owner releases the row leases of the partitions it took over. A frozen previous
+    /// owner may hold some of those rows in a transaction it cannot end (stopped inside its
+    /// claim): releasing must skip them, not wait, or the takeover waits for the frozen one.
+    #[tokio::test]
+    async fn releasing_a_partition_skips_rows_a_stopped_transaction_holds() {
+        use super::OutboxStore;
+        let (store, name) = pg_store().await;
+        let mut a = row("held");
+        a.ordering_key = Some("k-held".into());
+        let mut b = row("free");
+        b.ordering_key = Some("k-held".into());
+        store.commit(&[req(vec![a, b])]).await.unwrap();
+        let partition = super::partition_of("k-held");
+        let mut frozen =
+            sqlx::PgConnection::connect(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+                .await
+                .unwrap();
+        sqlx::query("update outbox set lease_until = 1")
+            .execute(&mut frozen)
+            .await
+            .unwrap();
+        sqlx::query("begin").execute(&mut frozen).await.unwrap();
+        sqlx::query("update outbox set lease_until = 2 where event_id = 'held'")
+            .execute(&mut frozen)
+            .await
+            .unwrap();
+        let super::Store::Postgres(pg) = &store else {
+            unreachable!("pg_store is PostgreSQL")
+        };
+        let released = tokio::time::timeout(
+            std::time::Duration::from_secs(3),
+            pg.release_partition_leases(&[partition]),
+        )
+        .await
+        .expect("released without waiting for the open transaction")
+        .unwrap();
+        sqlx::query("rollback").execute(&mut frozen).await.unwrap();
+        drop(frozen);
+        drop(store);
+        drop_pg(&name).await;
+        assert_eq!(released, 1, "the row nobody holds is released");
+    }
+
+    #[tokio::test]
+    async fn cancelled_commits_do_not_wedge_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        cancelled_commits_do_not_wedge_the_store(&store).await;
+    }
+
+    /// On PostgreSQL a begin cancelled after `BEGIN` was sent and before sqlx counted it left
+    /// the session `idle in transaction` with sqlx believing it idle: its later statements
+    /// were never committed and its locks never freed.
+    #[tokio::test]
+    async fn cancelled_commits_leave_no_session_idle_in_transaction_postgres() {
+        let (store, name) = pg_store().await;
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        // Look after each one, before the next begin on the same session could paper over
+        // it. A cancelled statement's rollback is on its way for a moment; a session that
+        // stays idle in transaction for 300 ms with nothing running is left there.
+        let mut worst = 0i64;
+        for k in 0..200 {
+            cancelled_commit(&store, k).await;
+            let mut idle_in_tx = 0;
+            for _ in 0..30 {
+                idle_in_tx = sqlx::query_scalar(
+                    "select count(*) from pg_stat_activity where datname = $1 \
+                     and state like 'idle in transaction%'",
+                )
+                .bind(&name)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+                if idle_in_tx == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            worst = worst.max(idle_in_tx);
+        }
+        commits_promptly(&store).await;
+        drop(store);
+        drop_pg(&name).await;
+        assert_eq!(worst, 0, "sessions left idle in transaction");
+    }
+
+    /// A TCP proxy to `upstream` that holds every chunk from the server for `delay`: a slow
+    /// link, so that a cancellation can be placed inside a round trip.
+    async fn slow_link(upstream: &'static str, delay: std::time::Duration) -> u16 {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = sr.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        tokio::time::sleep(delay).await;
+                        if cw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        port
+    }
+
+    /// A begin cancelled after `BEGIN` went out and before its answer came back left the
+    /// session `idle in transaction` while sqlx believed it idle (its rollback guard only acts
+    /// once the depth is counted): later statements on it were never committed and its locks
+    /// never freed. Over a link where every answer takes 40 ms, cancelling commits at every
+    /// 10 ms step lands inside that window.
+    #[tokio::test]
+    async fn a_begin_cancelled_in_flight_leaves_no_session_idle_in_transaction() {
+        use super::OutboxStore;
+        use std::time::Duration;
+        let (direct, name) = pg_store().await;
+        drop(direct);
+        let port = slow_link("127.0.0.1:5432", Duration::from_millis(40)).await;
+        let store = super::Store::open(&crate::config::StoreKind::Postgres {
+            url: format!("postgres://postgres@127.0.0.1:{port}/{name}"),
+        })
+        .await
+        .unwrap();
+        let mut admin = sqlx::PgConnection::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let mut stuck = Vec::new();
+        for k in 0..30u64 {
+            let mut r = row(&format!("s{k}"));
+            r.ordering_key = None;
+            let reqs = [req(vec![r])];
+            let _ = tokio::time::timeout(Duration::from_millis(10 * k), store.commit(&reqs)).await;
+            // Let whatever the cancelled commit left in flight come back (a rollback on its
+            // way is not a leftover), then look.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let n: i64 = sqlx::query_scalar(
+                "select count(*) from pg_stat_activity where datname = $1 \
+                 and state like 'idle in transaction%'",
+            )
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+            if n > 0 {
+                stuck.push(k * 10);
+            }
+        }
+        drop(store);
+        drop_pg(&name).await;
+        assert!(
+            stuck.is_empty(),
+            "sessions left idle in transaction after cancelling at {stuck:?} ms"
+        );
+    }
+
     /// A relay whose lease ran out and whose rows were claimed and published by another
     /// cannot undo that: its late retry or release is fenced by its lease.
     #[tokio::test]
@@ -562,11 +1112,11 @@ mod tests {
             .await
             .unwrap();
         // The first claim's lease is over at once: the "other relay" claims the row again.
-        let first = store.claim(10, Duration::ZERO, None).await.unwrap();
+        let first = store.claim(10, Duration::ZERO, 0, None).await.unwrap();
         assert_eq!(first.len(), 1, "head of key `k` only");
         tokio::time::sleep(Duration::from_millis(5)).await;
         let second = store
-            .claim(10, Duration::from_secs(60), None)
+            .claim(10, Duration::from_secs(60), 0, None)
             .await
             .unwrap();
         assert_eq!(second.len(), 1);
@@ -599,7 +1149,7 @@ mod tests {
         assert_eq!(a[0].last_error, None);
         // The next event of the key is free now, and a fenced retry of it applies.
         let next = store
-            .claim(10, Duration::from_secs(60), None)
+            .claim(10, Duration::from_secs(60), 0, None)
             .await
             .unwrap();
         assert_eq!(next.len(), 1);

@@ -1,5 +1,5 @@
 //! PostgreSQL outbox, shared by several postbox instances: each instance claims only rows of the
-//! partitions it owns (see [`super::partitions`]), with `FOR UPDATE SKIP LOCKED` and a lease, so
+//! partitions it owns (see the relay's partition ownership), with `FOR UPDATE SKIP LOCKED` and a lease, so
 //! instances never publish the same row at the same time.
 
 use std::time::Duration;
@@ -12,14 +12,20 @@ use sqlx::{
 
 use super::{StoreResult, sql::shared_store_impl};
 
+/// Longest a pooled statement may run on the server (`statement_timeout`), in ms.
+const STATEMENT_TIMEOUT_MS: &str = "15000";
+
+/// Longest a pooled session may sit idle inside a transaction before the server ends it.
+const IDLE_IN_TRANSACTION_MS: &str = "30000";
+
 /// PostgreSQL-backed outbox.
 #[derive(Clone)]
 pub struct PgStore {
     /// Accepting events: durable commits (`synchronous_commit` as the server has it).
-    pool: PgPool,
+    pub(super) pool: PgPool,
     /// The relay's leases and settlements, with `synchronous_commit=off`: no WAL flush wait.
     /// Losing one in a crash only publishes an event again, which at-least-once allows.
-    relay_pool: PgPool,
+    pub(super) relay_pool: PgPool,
     /// For the partition-ownership connection, which is not pooled (its session holds locks).
     /// (Boxed: it is large, and the store is cloned into every task.)
     options: std::sync::Arc<PgConnectOptions>,
@@ -30,19 +36,56 @@ impl PgStore {
     /// database is still coming up.
     pub async fn open(url: &str) -> anyhow::Result<PgStore> {
         let opts: PgConnectOptions = url.parse().context("parsing the PostgreSQL URL")?;
-        let pool = PgPoolOptions::new()
+        // Server-side bounds on every pooled session: no statement runs longer than
+        // STATEMENT_TIMEOUT (a lock wait or a stuck server cannot hold a claim, a settle or a
+        // commit forever), and a session left idle inside a transaction is ended by the server
+        // (a last line of defence: the pools never hand one out, see `pool::guarded`). sqlx
+        // 0.8 cannot set TCP keepalive on its sockets, so a half-open connection is bounded by
+        // the callers' own timeouts (the writer's commit timeout, the relay's claim and settle
+        // timeouts) rather than by the kernel.
+        //
+        // JIT is off: postbox's statements are short, and the planner's cost estimate for a
+        // claim over a large backlog (up to a million before `LIMIT` cuts it) passes
+        // `jit_above_cost`, which made each claim spend ~200 ms compiling.
+        let bounded = opts.clone().options([
+            ("statement_timeout", STATEMENT_TIMEOUT_MS),
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_MS,
+            ),
+            ("jit", "off"),
+        ]);
+        let pool = super::pool::guarded(PgPoolOptions::new(), "postgres")
             .max_connections(12)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(opts.clone());
-        let relay_pool = PgPoolOptions::new()
+            .connect_lazy_with(bounded.clone());
+        let relay_pool = super::pool::guarded(PgPoolOptions::new(), "postgres-relay")
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy_with(opts.clone().options([("synchronous_commit", "off")]));
+            // A claim must walk the pending rows in `seq` order and stop at its `LIMIT`. With
+            // the statistics of a table that grows by thousands of rows a second (stale until
+            // autovacuum analyzes it) the planner preferred fetching every pending row and
+            // sorting them: 96,000 rows and a 6 MB on-disk sort per claim of 1,000 at a 100k
+            // backlog (`EXPLAIN ANALYZE`: 128 ms against 6 ms for the ordered index scan).
+            // No relay statement needs a sort it could not do without.
+            .connect_lazy_with(
+                bounded.options([("synchronous_commit", "off"), ("enable_sort", "off")]),
+            );
         Ok(PgStore {
             pool,
             relay_pool,
             options: std::sync::Arc::new(opts),
         })
+    }
+
+    /// No lane: commits, claims and settlements go through the pools.
+    fn lane(&self) -> Option<&super::sqlite_lane::Lane> {
+        None
+    }
+
+    /// Pruning runs on the durable pool (no busy waits on PostgreSQL).
+    fn upkeep_pool(&self) -> &sqlx::PgPool {
+        &self.pool
     }
 
     /// PostgreSQL takes concurrent writers; nothing to wait for.
@@ -52,7 +95,19 @@ impl PgStore {
 
     /// Begin the group commit's transaction (row locks are taken as rows are written).
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
-        self.pool.begin().await
+        super::pool::begin(&self.pool, None).await
+    }
+
+    /// Migrate on a session of its own: the pools' `statement_timeout` would cut a long data
+    /// migration short.
+    async fn run_migrations(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        let unbounded = PgPoolOptions::new()
+            .max_connections(1)
+            .connect_with(PgConnectOptions::clone(&self.options))
+            .await?;
+        let done = Self::migrator().run(&unbounded).await;
+        unbounded.close().await;
+        done
     }
 
     /// The migrations under `migrations/postgres/`, embedded in the binary.
@@ -100,6 +155,34 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0006_payload.sql").into(),
                 false,
             ),
+            Migration::new(
+                7,
+                "writer probe".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0007_writer_probe.sql").into(),
+                false,
+            ),
+            Migration::new(
+                9,
+                "partition leases".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0009_partition_leases.sql").into(),
+                false,
+            ),
+            Migration::new(
+                10,
+                "search index".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0010_search_index.sql").into(),
+                false,
+            ),
+            Migration::new(
+                11,
+                "schema registry".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0011_schema_registry.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),
@@ -112,14 +195,26 @@ impl PgStore {
     /// Several instances claim concurrently: skip rows another instance is claiming.
     const CLAIM_LOCK: &'static str = "for update skip locked";
 
-    /// The partitions this instance owns, as one `int4[]` (`$4`).
-    const PARTITION_FILTER: &'static str = "and o.partition_id = any($4)";
+    /// The partitions this instance owns (`$5`, `int4[]`), each only while its lease still has
+    /// the epoch this instance holds (`$6`, `int8[]`) and has not expired for its owner (`$7`):
+    /// a claim after another instance took a partition over takes none of its rows, whatever
+    /// this instance believes.
+    ///
+    /// The valid partitions are computed once per claim (`array(…)`, an init plan) and checked
+    /// row by row, so the claim walks the pending index in `seq` order (see `open`).
+    const PARTITION_FILTER: &'static str = "and o.partition_id = any(array(select l.partition_id \
+        from partition_leases l join unnest($5::int4[], $6::int8[]) as x(p, e) \
+        on l.partition_id = x.p and l.epoch = x.e \
+        where l.owner = $7 and l.expires_at > (extract(epoch from clock_timestamp()) * 1000000)::bigint))";
 
     fn bind_partitions<'q>(
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-        partitions: &[i32],
+        scope: &crate::outbox::ClaimScope<'_>,
     ) -> StoreResult<sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>> {
-        Ok(query.bind(partitions.to_vec()))
+        Ok(query
+            .bind(scope.partitions.to_vec())
+            .bind(scope.epochs.to_vec())
+            .bind(scope.owner.to_owned()))
     }
 
     /// `seq` in the list bound as `$1`.
@@ -151,10 +246,18 @@ impl PgStore {
     /// taken them over, so their leases belong to a previous owner that is gone (it released
     /// its advisory locks by dying, or after settling everything it had in flight). Returns how
     /// many rows were released.
+    ///
+    /// Rows locked by a transaction still open are skipped, not waited for: a frozen previous
+    /// owner (SIGSTOP) may have been stopped inside its claim or settlement transaction, which
+    /// holds its rows until it runs again (or `idle_in_transaction_session_timeout` ends it).
+    /// Waiting here would stall the whole ownership round, and with it the takeover. A skipped
+    /// row gets the lease that transaction gives it (if it commits), which the resumed instance
+    /// hands back as soon as it sees its view of the partition is stale, or which runs out.
     pub async fn release_partition_leases(&self, partitions: &[i32]) -> StoreResult<u64> {
         sqlx::query(
-            "update outbox set lease_until = null where partition_id = any($1) \
-             and status = 'pending' and lease_until is not null",
+            "update outbox set lease_until = null where seq in (select seq from outbox \
+             where partition_id = any($1) and status = 'pending' and lease_until is not null \
+             for update skip locked)",
         )
         .bind(partitions.to_vec())
         .execute(&self.relay_pool)
@@ -179,4 +282,5 @@ impl PgStore {
     }
 }
 
+super::schemas::schema_store_impl!(PgStore);
 shared_store_impl!(PgStore, sqlx::Postgres, "PostgreSQL");

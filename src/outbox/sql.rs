@@ -3,18 +3,20 @@
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
 /// Columns the relay reads from `outbox` (the body comes from `outbox_payload`).
-pub const CLAIM_COLUMNS: &str = "seq, event_id, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until";
+pub const CLAIM_COLUMNS: &str = "seq, event_id, source, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until";
 
 /// Columns `GET /v1/events/{id}` reads from [`RECORD_FROM`].
-pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key";
+pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key, traceparent";
 
 /// Rows per multi-row insert: 19 parameters each stays far below both backends' limits.
 pub const INSERT_CHUNK: usize = 500;
 
 /// Events with their bodies. The body (about 1 KB and more) lives in its own table, written
 /// once and never updated, so that the relay's lease and settle updates rewrite narrow rows
-/// only: a fraction of the pages (SQLite) and tuple versions (PostgreSQL) they used to.
-pub const RECORD_FROM: &str = "outbox join outbox_payload using (seq)";
+/// only: a fraction of the pages (SQLite) and tuple versions (PostgreSQL) they used to. A left
+/// join: a published event's body is dropped after `payload_retention_hours` while its row
+/// (the idempotency record) stays for `retention_hours`.
+pub const RECORD_FROM: &str = "outbox left join outbox_payload using (seq)";
 
 pub const INSERT_PAYLOAD_HEAD: &str = "insert into outbox_payload (seq, body, attributes) ";
 
@@ -49,7 +51,26 @@ pub const PRUNE_KEYS: &str = "delete from idempotency_keys where key in \
 pub const RETRY: &str = "update outbox set attempts = $1, last_error = $2, next_attempt_at = $3, status = $4, \
      lease_until = null, updated_at = $5 where seq = $6 and status = 'pending' and lease_until = $7";
 
+pub const PROBE: &str = "insert into writer_probe (id, at) values (1, $1) \
+     on conflict (id) do update set at = excluded.at";
+
 pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1 and status = 'pending' and lease_until = $2";
+
+/// The claim: lease (`$1` until) up to `$3` due rows (`$2` now) with a `seq` above `$4`, in
+/// commit order; `filter` narrows the rows (partitions), `lock` is appended to their selection.
+/// A keyed row is taken only when it is the oldest pending row of its key.
+pub fn claim(filter: &str, lock: &str) -> String {
+    format!(
+        "update outbox set lease_until = $1 where seq in \
+         (select o.seq from outbox o where o.status = 'pending' and o.seq > $4 \
+          and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {filter} \
+          and (o.ordering_key is null or not exists \
+            (select 1 from outbox p where p.ordering_key = o.ordering_key \
+             and p.status = 'pending' and p.seq < o.seq)) \
+          order by o.seq limit $3 {lock}) \
+         returning {CLAIM_COLUMNS}"
+    )
+}
 
 /// Decode a relay row.
 macro_rules! claimed_from_row {
@@ -59,6 +80,7 @@ macro_rules! claimed_from_row {
         $crate::outbox::Claimed {
             seq: r.try_get("seq")?,
             event_id: r.try_get("event_id")?,
+            source: r.try_get("source")?,
             ce_type: r.try_get("ce_type")?,
             routing_key: r.try_get("routing_key")?,
             body: Vec::new(),
@@ -79,14 +101,14 @@ pub(crate) use claimed_from_row;
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
 /// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
 /// `migrator()`, `mark_published(tx, seqs, now)`, a `CLAIM_LOCK` clause appended to the
-/// claim's row selection, and a `PARTITION_FILTER` condition on `$4` with `bind_partitions`.
+/// claim's row selection, and a `PARTITION_FILTER` condition from `$5` on, bound by
+/// `bind_partitions` from a [`ClaimScope`](crate::outbox::ClaimScope).
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $name:literal) => {
         impl $crate::outbox::OutboxStore for $store {
             async fn migrate(&self) -> anyhow::Result<()> {
                 use anyhow::Context as _;
-                Self::migrator()
-                    .run(&self.pool)
+                self.run_migrations()
                     .await
                     .context(concat!("migrating the ", $name, " outbox"))
             }
@@ -95,11 +117,29 @@ macro_rules! shared_store_impl {
                 sqlx::query("select 1").execute(&self.pool).await.map(|_| ())
             }
 
+            /// A real, durable write through the writer's own path (`begin_write`, the
+            /// durable pool): succeeds only when an event's commit would.
+            async fn probe(&self) -> $crate::outbox::StoreResult<()> {
+                let _serial = self.serialize_writes().await;
+                let mut tx = self.begin_write().await?;
+                sqlx::query($crate::outbox::sql::PROBE)
+                    .bind($crate::outbox::now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+
             async fn commit(
                 &self,
                 reqs: &[$crate::outbox::WriteRequest],
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::WriteOutcome>> {
-                self.commit_group(reqs).await
+                match self.lane() {
+                    Some(lane) => {
+                        let _serial = self.serialize_writes().await;
+                        lane.commit(reqs).await
+                    }
+                    None => self.commit_group(reqs).await,
+                }
             }
 
             async fn find(
@@ -119,38 +159,35 @@ macro_rules! shared_store_impl {
                 &self,
                 limit: u32,
                 lease: std::time::Duration,
-                partitions: Option<&[i32]>,
+                after: i64,
+                scope: Option<&$crate::outbox::ClaimScope<'_>>,
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::Claimed>> {
-                if partitions.is_some_and(|p| p.is_empty()) {
+                if scope.is_some_and(|s| s.partitions.is_empty()) {
                     return Ok(Vec::new());
+                }
+                if let (Some(lane), None) = (self.lane(), scope) {
+                    let _serial = self.serialize_writes().await;
+                    return lane.claim(limit, lease, after).await;
                 }
                 let now = $crate::outbox::now_micros();
                 let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-                let q = format!(
-                    "update outbox set lease_until = $1 where seq in \
-                     (select o.seq from outbox o where o.status = 'pending' \
-                      and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {} \
-                      and (o.ordering_key is null or not exists \
-                        (select 1 from outbox p where p.ordering_key = o.ordering_key \
-                         and p.status = 'pending' and p.seq < o.seq)) \
-                      order by o.seq limit $3 {}) \
-                     returning {}",
-                    if partitions.is_some() { Self::PARTITION_FILTER } else { "" },
+                let q = $crate::outbox::sql::claim(
+                    if scope.is_some() { Self::PARTITION_FILTER } else { "" },
                     Self::CLAIM_LOCK,
-                    $crate::outbox::sql::CLAIM_COLUMNS
                 );
                 let _serial = self.serialize_writes().await;
                 let mut query = sqlx::query(q.as_str())
                     .bind(lease_until)
                     .bind(now)
-                    .bind(i64::from(limit));
-                if let Some(p) = partitions {
-                    query = Self::bind_partitions(query, p)?;
+                    .bind(i64::from(limit))
+                    .bind(after);
+                if let Some(scope) = scope {
+                    query = Self::bind_partitions(query, scope)?;
                 }
                 // The lease and the payloads in one transaction: if reading the payloads fails,
                 // the lease is not taken either (else the rows, and every later event of their
                 // keys, would wait for the lease to run out).
-                let mut tx = self.relay_pool.begin().await?;
+                let mut tx = $crate::outbox::pool::begin(&self.relay_pool, None).await?;
                 let rows = query.fetch_all(&mut *tx).await?;
                 let mut claimed = Vec::with_capacity(rows.len());
                 for r in &rows {
@@ -194,6 +231,10 @@ macro_rules! shared_store_impl {
                 &self,
                 results: &[$crate::outbox::Settlement],
             ) -> $crate::outbox::StoreResult<()> {
+                if let Some(lane) = self.lane() {
+                    let _serial = self.serialize_writes().await;
+                    return lane.settle(results).await;
+                }
                 let now = $crate::outbox::now_micros();
                 let published: Vec<i64> = results
                     .iter()
@@ -203,7 +244,7 @@ macro_rules! shared_store_impl {
                     })
                     .collect();
                 let _serial = self.serialize_writes().await;
-                let mut tx = self.relay_pool.begin().await?;
+                let mut tx = $crate::outbox::pool::begin(&self.relay_pool, None).await?;
                 if !published.is_empty() {
                     Self::mark_published(&mut tx, &published, now).await?;
                 }
@@ -217,11 +258,17 @@ macro_rules! shared_store_impl {
 
             async fn list(
                 &self,
-                status: $crate::outbox::Status,
-                after: i64,
-                limit: u32,
+                filter: &$crate::outbox::EventFilter,
+                page: $crate::outbox::PageRequest,
             ) -> $crate::outbox::StoreResult<Vec<(i64, $crate::outbox::EventRecord)>> {
-                self.list_events(status, after, limit).await
+                self.list_events(filter, page).await
+            }
+
+            async fn count(
+                &self,
+                filter: &$crate::outbox::EventFilter,
+            ) -> $crate::outbox::StoreResult<u64> {
+                self.count_events(filter).await
             }
 
             async fn redeliver(
@@ -233,6 +280,15 @@ macro_rules! shared_store_impl {
 
             async fn prune(&self, before: i64, limit: u32) -> $crate::outbox::StoreResult<u64> {
                 self.prune_before(before, limit).await
+            }
+
+            async fn prune_payloads(
+                &self,
+                before: i64,
+                from: i64,
+                limit: u32,
+            ) -> $crate::outbox::StoreResult<(u64, i64)> {
+                self.prune_payloads_before(before, from, limit).await
             }
         }
 
@@ -250,9 +306,21 @@ macro_rules! shared_store_impl {
                 let _serial = self.serialize_writes().await;
                 let mut tx = self.begin_write().await?;
                 // Idempotency-Key replays and reuses are settled before anything is written.
+                // Two requests of one group never share a key: the writer's in-flight key set
+                // keeps them apart. Should they anyway, the later one is answered "in progress"
+                // (409) instead of failing the whole group on the unique index.
                 let mut outcomes: Vec<Option<WriteOutcome>> = Vec::with_capacity(reqs.len());
+                let mut group_keys = std::collections::HashSet::new();
                 for req in reqs {
-                    outcomes.push(Self::check_key(&mut tx, req).await?);
+                    let seen = req
+                        .idempotency
+                        .as_ref()
+                        .is_some_and(|(k, _)| !group_keys.insert(k.as_str()));
+                    outcomes.push(if seen {
+                        Some(WriteOutcome::InProgress)
+                    } else {
+                        Self::check_key(&mut tx, req).await?
+                    });
                 }
                 // Insert every row of the remaining requests; remember which were new.
                 let todo: Vec<(usize, usize)> = reqs
@@ -301,7 +369,7 @@ macro_rules! shared_store_impl {
                             fresh
                                 .remove(&(r.source.clone(), r.event_id.clone()))
                                 .map(|seq| {
-                                    inserted.insert((r.source.clone(), r.event_id.clone()), seq);
+                                    inserted.insert((r.source.clone(), r.event_id.clone()), (seq, *i));
                                     (seq, r)
                                 })
                         })
@@ -322,10 +390,14 @@ macro_rules! shared_store_impl {
                         continue;
                     }
                     let mut reused = None;
+                    let mut elsewhere = false;
                     let mut fresh = Vec::new();
                     for r in &req.rows {
                         match inserted.get(&(r.source.clone(), r.event_id.clone())) {
-                            Some(seq) => fresh.push(*seq),
+                            // Only rows this request inserted itself are its own: a row another
+                            // request of the group inserted says nothing about this content.
+                            Some((seq, owner)) if *owner == i => fresh.push(*seq),
+                            Some(_) => elsewhere = true,
                             None => {
                                 let prior: Option<Vec<u8>> = sqlx::query_scalar(sql::SELECT_HASH)
                                     .bind(&r.source)
@@ -341,12 +413,17 @@ macro_rules! shared_store_impl {
                             }
                         }
                     }
-                    if let Some(msg) = reused {
+                    if elsewhere || reused.is_some() {
+                        // Nothing of this request is stored: take back the rows it inserted
+                        // (its own only).
                         for seq in fresh {
                             sqlx::query(sql::DELETE_PAYLOAD).bind(seq).execute(&mut *tx).await?;
                             sqlx::query(sql::DELETE_ROW).bind(seq).execute(&mut *tx).await?;
                         }
-                        outcomes[i] = Some(WriteOutcome::KeyReused(msg));
+                        outcomes[i] = Some(match reused {
+                            Some(msg) if !elsewhere => WriteOutcome::KeyReused(msg),
+                            _ => WriteOutcome::InProgress,
+                        });
                         continue;
                     }
                     let refs: Vec<StoredRef> = req
@@ -440,8 +517,14 @@ macro_rules! shared_store_impl {
                 use sqlx::Row as _;
                 let status: String = r.try_get("status")?;
                 let status = Status::parse(&status);
-                let body: Vec<u8> = r.try_get("body")?;
+                let body: Option<Vec<u8>> = r.try_get("body")?;
                 let next: i64 = r.try_get("next_attempt_at")?;
+                let traceparent: Option<String> = r.try_get("traceparent")?;
+                // Stored traceparents were checked on the way in: `00-{trace id}-{span}-{flags}`.
+                let trace_id = traceparent
+                    .as_deref()
+                    .and_then(|t| t.split('-').nth(1))
+                    .map(str::to_owned);
                 Ok(EventRecord {
                     id: r.try_get("event_id")?,
                     source: r.try_get("source")?,
@@ -454,36 +537,86 @@ macro_rules! shared_store_impl {
                     attempts: r.try_get("attempts")?,
                     last_error: r.try_get("last_error")?,
                     api_key: r.try_get("api_key")?,
+                    traceparent,
+                    trace_id,
                     time: from_micros(r.try_get("event_time")?),
                     created_at: from_micros(r.try_get("created_at")?),
                     updated_at: from_micros(r.try_get("updated_at")?),
                     next_attempt_at: (status == Status::Pending).then(|| from_micros(next)),
                     published_at: r.try_get::<Option<i64>, _>("published_at")?.map(from_micros),
-                    event: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                    body_pruned: body.is_none(),
+                    event: body
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or(serde_json::Value::Null),
                 })
             }
 
             async fn list_events(
                 &self,
-                status: $crate::outbox::Status,
-                after: i64,
-                limit: u32,
+                filter: &$crate::outbox::EventFilter,
+                page: $crate::outbox::PageRequest,
             ) -> $crate::outbox::StoreResult<Vec<(i64, $crate::outbox::EventRecord)>> {
+                use $crate::outbox::{Order, sql};
                 use sqlx::Row as _;
-                let q = format!(
-                    "select seq, {} from {} where status = $1 and seq > $2 order by seq limit $3",
-                    $crate::outbox::sql::RECORD_COLUMNS,
-                    $crate::outbox::sql::RECORD_FROM
-                );
-                let rows = sqlx::query(q.as_str())
-                    .bind(status.as_str())
-                    .bind(after)
-                    .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
-                    .await?;
+                let mut qb = sqlx::QueryBuilder::<$db>::new(format!(
+                    "select seq, {} from {}",
+                    sql::RECORD_COLUMNS,
+                    sql::RECORD_FROM
+                ));
+                Self::push_filter(&mut qb, filter);
+                let (cmp, dir) = match page.order {
+                    Order::Oldest => (" and seq > ", "asc"),
+                    Order::Newest => (" and seq < ", "desc"),
+                };
+                if let Some(after) = page.after {
+                    qb.push(cmp).push_bind(after);
+                }
+                qb.push(format!(" order by seq {dir} limit "))
+                    .push_bind(i64::from(page.limit));
+                let rows = qb.build().fetch_all(&self.pool).await?;
                 rows.iter()
                     .map(|r| Ok((r.try_get::<i64, _>("seq")?, Self::record(r)?)))
                     .collect()
+            }
+
+            async fn count_events(
+                &self,
+                filter: &$crate::outbox::EventFilter,
+            ) -> $crate::outbox::StoreResult<u64> {
+                use sqlx::Row as _;
+                let mut qb = sqlx::QueryBuilder::<$db>::new("select count(*) from outbox");
+                Self::push_filter(&mut qb, filter);
+                let n: i64 = qb.build().fetch_one(&self.pool).await?.try_get(0)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            }
+
+            /// ` where …` selecting what `filter` selects (columns of `outbox` only). Every
+            /// value is a bound parameter.
+            fn push_filter(
+                qb: &mut sqlx::QueryBuilder<'_, $db>,
+                filter: &$crate::outbox::EventFilter,
+            ) {
+                qb.push(" where 1 = 1");
+                if let Some(status) = filter.status {
+                    qb.push(" and status = ").push_bind(status.as_str());
+                }
+                let text = [
+                    ("event_type", &filter.event_type),
+                    ("source", &filter.source),
+                    ("ordering_key", &filter.key),
+                    ("event_id", &filter.id),
+                ];
+                for (column, value) in text {
+                    if let Some(v) = value {
+                        qb.push(format!(" and {column} = ")).push_bind(v.clone());
+                    }
+                }
+                if let Some(from) = filter.created_from {
+                    qb.push(" and created_at >= ").push_bind(from);
+                }
+                if let Some(before) = filter.created_before {
+                    qb.push(" and created_at < ").push_bind(before);
+                }
             }
 
             async fn redeliver_events(
@@ -497,16 +630,24 @@ macro_rules! shared_store_impl {
                 let _serial = self.serialize_writes().await;
                 let done = match target {
                     Redeliver::One { id, source } => {
-                        let q = format!("{SET} where event_id = $2 and source = $3 and status <> 'pending'");
+                        // Only while its body is kept (a published event's is dropped after
+                        // `payload_retention_hours`).
+                        let q = format!("{SET} where event_id = $2 and source = $3 and status <> 'pending' \
+                            and exists (select 1 from outbox_payload p where p.seq = outbox.seq)");
                         sqlx::query(q.as_str()).bind(now).bind(id).bind(source).execute(&self.pool).await?
                     }
-                    Redeliver::AllDead { event_type: Some(t) } => {
-                        let q = format!("{SET} where status = 'dead' and event_type = $2");
-                        sqlx::query(q.as_str()).bind(now).bind(t).execute(&self.pool).await?
-                    }
-                    Redeliver::AllDead { event_type: None } => {
-                        let q = format!("{SET} where status = 'dead'");
-                        sqlx::query(q.as_str()).bind(now).execute(&self.pool).await?
+                    Redeliver::Dead(filter) => {
+                        let dead = $crate::outbox::EventFilter {
+                            status: Some($crate::outbox::Status::Dead),
+                            ..filter.clone()
+                        };
+                        let mut qb = sqlx::QueryBuilder::<$db>::new(
+                            "update outbox set status = 'pending', attempts = 0, \
+                             lease_until = null, published_at = null, next_attempt_at = ",
+                        );
+                        qb.push_bind(now).push(", updated_at = ").push_bind(now);
+                        Self::push_filter(&mut qb, &dead);
+                        qb.build().execute(&self.pool).await?
                     }
                 };
                 Ok(done.rows_affected())
@@ -528,7 +669,7 @@ macro_rules! shared_store_impl {
                 use $crate::outbox::sql;
                 let _serial = self.serialize_writes().await;
                 // Rows and their payloads go together, in one transaction.
-                let mut tx = self.pool.begin().await?;
+                let mut tx = $crate::outbox::pool::begin(self.upkeep_pool(), None).await?;
                 let seqs: Vec<i64> = sqlx::query_scalar(sql::PRUNE_ROWS)
                     .bind(before)
                     .bind(i64::from(limit))
@@ -545,10 +686,51 @@ macro_rules! shared_store_impl {
                 let keys = sqlx::query(sql::PRUNE_KEYS)
                     .bind(before)
                     .bind(i64::from(limit))
-                    .execute(&self.pool)
+                    .execute(self.upkeep_pool())
                     .await?
                     .rows_affected();
                 Ok(rows + keys)
+            }
+
+            /// Drop the bodies of up to `limit` events published before `before` and at or after
+            /// `from` (a watermark: bodies are dropped in `published_at` order, so later rounds
+            /// start where the last one stopped); returns how many and the new watermark.
+            async fn prune_payloads_before(
+                &self,
+                before: i64,
+                from: i64,
+                limit: u32,
+            ) -> $crate::outbox::StoreResult<(u64, i64)> {
+                use sqlx::Row as _;
+                let _serial = self.serialize_writes().await;
+                let mut tx = $crate::outbox::pool::begin(self.upkeep_pool(), None).await?;
+                let rows = sqlx::query(
+                    "select seq, published_at from outbox where status = 'published' \
+                     and published_at >= $1 and published_at < $2 order by published_at limit $3",
+                )
+                .bind(from)
+                .bind(before)
+                .bind(i64::from(limit))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut mark = from;
+                let mut seqs = Vec::with_capacity(rows.len());
+                for r in &rows {
+                    seqs.push(r.try_get::<i64, _>(0)?);
+                    mark = mark.max(r.try_get::<i64, _>(1)?);
+                }
+                let mut deleted = 0;
+                if !seqs.is_empty() {
+                    let q = format!("delete from outbox_payload where seq {}", Self::SEQ_IN_1);
+                    deleted = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                }
+                tx.commit().await?;
+                // A full page may end in the middle of one published_at: its rest comes again.
+                let next = if rows.len() == limit as usize { mark } else { before };
+                Ok((deleted, next))
             }
 
             /// Failed and released rows: one statement each (rare path), in one transaction.

@@ -18,9 +18,12 @@ use super::{StoreResult, sql::shared_store_impl};
 pub struct SqliteStore {
     /// Accepting events: `synchronous=FULL`, a 202 survives a power cut.
     pool: SqlitePool,
-    /// The relay's leases and settlements: `synchronous=NORMAL` (no fsync per commit). Losing
-    /// one in a power cut only publishes an event again, which at-least-once allows.
+    /// The relay's leases and settlements, and pruning: `synchronous=NORMAL` (no fsync per
+    /// commit). Losing one in a power cut only publishes an event again, which at-least-once
+    /// allows, or prunes it again.
     relay_pool: SqlitePool,
+    /// The hot path's thread and connection (see `sqlite_lane`).
+    lane: super::sqlite_lane::Lane,
     /// SQLite has one writer at a time. Taking turns here, instead of in SQLite's busy handler
     /// (which sleeps in steps of up to 100 ms), keeps commit latency flat under load.
     writes: std::sync::Arc<tokio::sync::Mutex<()>>,
@@ -39,21 +42,29 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
+        let pool = super::pool::guarded(SqlitePoolOptions::new(), "sqlite")
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(5))
             .connect_with(opts.clone())
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
-        let relay_pool = SqlitePoolOptions::new()
+        let relay_pool = super::pool::guarded(SqlitePoolOptions::new(), "sqlite-relay")
             .max_connections(2)
             .acquire_timeout(Duration::from_secs(5))
-            .connect_with(opts.synchronous(SqliteSynchronous::Normal))
+            // A short busy wait: the relay waits for another process's write lock while
+            // holding this process's turn to write (`writes`), and a request's commit queued
+            // behind it must still fail within its own busy timeout (a clean "nothing was
+            // stored" 503), not after both. A claim or settle that gives up is retried.
+            .connect_with(
+                opts.synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(1)),
+            )
             .await
             .with_context(|| format!("opening SQLite database {}", path.display()))?;
         Ok(SqliteStore {
             pool,
             relay_pool,
+            lane: super::sqlite_lane::Lane::new(path),
             writes: Default::default(),
         })
     }
@@ -64,7 +75,21 @@ impl SqliteStore {
     /// with `SQLITE_BUSY` (SQLite does not call the busy handler for a read-to-write upgrade,
     /// and the snapshot may be stale), which answered 503 instead of waiting `busy_timeout`.
     async fn begin_write(&self) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
-        self.pool.begin_with("begin immediate").await
+        super::pool::begin(&self.pool, Some("begin immediate")).await
+    }
+
+    /// Group commits, claims and settlements: whole, on one thread (see `sqlite_lane`).
+    fn lane(&self) -> Option<&super::sqlite_lane::Lane> {
+        Some(&self.lane)
+    }
+
+    /// Pruning: on the relay's connections, whose short busy wait makes a prune that meets
+    /// another process's write lock give up (it runs again next round) instead of holding this
+    /// process's turn to write for 5 s, which a request's commit queued behind it would add to
+    /// its own busy wait (10 s: answered "may be stored" instead of "nothing was stored").
+    /// Losing a prune in a power cut only prunes it again.
+    fn upkeep_pool(&self) -> &SqlitePool {
+        &self.relay_pool
     }
 
     /// Wait for this process's turn to write.
@@ -78,6 +103,10 @@ impl SqliteStore {
             .execute(&self.relay_pool)
             .await
             .map(|_| ())
+    }
+
+    async fn run_migrations(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        Self::migrator().run(&self.pool).await
     }
 
     /// The migrations under `migrations/sqlite/`, embedded in the binary.
@@ -125,6 +154,27 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0006_payload.sql").into(),
                 false,
             ),
+            Migration::new(
+                7,
+                "writer probe".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0007_writer_probe.sql").into(),
+                false,
+            ),
+            Migration::new(
+                10,
+                "search index".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0010_search_index.sql").into(),
+                false,
+            ),
+            Migration::new(
+                11,
+                "schema registry".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0011_schema_registry.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),
@@ -137,16 +187,17 @@ impl SqliteStore {
     /// One writer at a time in SQLite: nothing to skip.
     const CLAIM_LOCK: &'static str = "";
 
-    /// The claim's partitions travel as one JSON array (`$4`).
+    /// The claim's partitions travel as one JSON array (`$5`); one instance owns an embedded
+    /// outbox, so there is no lease to fence by.
     const PARTITION_FILTER: &'static str =
-        "and o.partition_id in (select value from json_each($4))";
+        "and o.partition_id in (select value from json_each($5))";
 
     fn bind_partitions<'q>(
         query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-        partitions: &[i32],
+        scope: &crate::outbox::ClaimScope<'_>,
     ) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
-        let ids =
-            serde_json::to_string(partitions).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+        let ids = serde_json::to_string(scope.partitions)
+            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
         Ok(query.bind(ids))
     }
 
@@ -168,17 +219,95 @@ impl SqliteStore {
         now: i64,
     ) -> StoreResult<()> {
         let ids = serde_json::to_string(seqs).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        sqlx::query(
-            "update outbox set status = 'published', attempts = attempts + 1, published_at = $1, \
-             updated_at = $1, lease_until = null, last_error = null \
-             where seq in (select value from json_each($2))",
-        )
-        .bind(now)
-        .bind(ids)
-        .execute(&mut **tx)
-        .await
-        .map(|_| ())
+        sqlx::query(super::sqlite_lane::MARK_PUBLISHED)
+            .bind(now)
+            .bind(ids)
+            .execute(&mut **tx)
+            .await
+            .map(|_| ())
     }
 }
 
+super::schemas::schema_store_impl!(SqliteStore);
 shared_store_impl!(SqliteStore, sqlx::Sqlite, "SQLite");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::{OutboxStore, WriteOutcome, WriteRequest};
+
+    /// A prune that meets another process's write lock gives up after the relay's short busy
+    /// wait, not the writer's 5 s: it holds this process's turn to write meanwhile, and a
+    /// request's commit queued behind it used to wait 5 s for the prune, then 5 s of its own,
+    /// and was answered "may be stored" at the 10 s commit timeout instead of a clean "nothing
+    /// was stored" (seen in CI when the first prune ran just after the test took the lock).
+    #[tokio::test]
+    async fn a_prune_blocked_by_another_writer_gives_up_quickly() {
+        use sqlx::Connection as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let store = SqliteStore::open(&path).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut other =
+            sqlx::SqliteConnection::connect_with(&SqliteConnectOptions::new().filename(&path))
+                .await
+                .unwrap();
+        sqlx::raw_sql("begin exclusive")
+            .execute(&mut other)
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let pruned = store.prune(crate::outbox::now_micros(), 100).await;
+        let took = started.elapsed();
+        assert!(pruned.is_err(), "the outbox is locked: {pruned:?}");
+        assert!(
+            took < Duration::from_secs(3),
+            "a blocked prune held the turn to write for {took:?}"
+        );
+        let payloads = store
+            .prune_payloads(crate::outbox::now_micros(), 0, 100)
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(5), "{payloads:?}");
+        sqlx::raw_sql("rollback").execute(&mut other).await.unwrap();
+        assert_eq!(
+            store.prune(crate::outbox::now_micros(), 100).await.unwrap(),
+            0
+        );
+    }
+
+    /// SQLite ends a transaction by itself on `SQLITE_FULL`, `SQLITE_IOERR` or `SQLITE_NOMEM`;
+    /// sqlx's `ROLLBACK` then fails and its transaction depth stays at 1. Such a connection
+    /// used to go back to the pool and fail every later `BEGIN IMMEDIATE` ("attempted to call
+    /// begin_with at non-zero transaction depth") until its 30-minute lifetime ran out: after
+    /// a full disk, every POST answered 503 until a restart.
+    #[tokio::test]
+    async fn a_connection_whose_transaction_the_database_ended_is_not_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("o.db")).await.unwrap();
+        store.migrate().await.unwrap();
+        // Every connection of both pools, desynchronised the way a disk-full commit does it.
+        for pool in [&store.pool, &store.relay_pool] {
+            let mut txs = Vec::new();
+            for _ in 0..pool.options().get_max_connections() {
+                let mut tx = pool.begin().await.unwrap();
+                sqlx::raw_sql("rollback").execute(&mut *tx).await.unwrap();
+                txs.push(tx);
+            }
+            drop(txs);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = store
+            .commit(&[WriteRequest {
+                rows: Vec::new(),
+                idempotency: None,
+            }])
+            .await
+            .expect("the writer commits again");
+        assert!(matches!(out[0], WriteOutcome::Stored { .. }));
+        store.probe().await.expect("the probe commits");
+        store
+            .claim(10, Duration::from_secs(1), 0, None)
+            .await
+            .expect("the relay claims");
+    }
+}

@@ -1,154 +1,125 @@
-//! The relay: claim due outbox rows → publish them with confirms → settle the batch. It wakes at
-//! once after each commit, polls as a fallback, reconnects to RabbitMQ on its own with backoff,
-//! waits while RabbitMQ blocks publishers, and stops between batches on shutdown.
+//! The relay engine: claim due outbox rows → publish them through a [`Sink`] → settle each
+//! event from its typed [`Outcome`] (published, retry with backoff, dead). It keeps several
+//! batches in flight, wakes at once after each commit, polls as a fallback, reconnects with
+//! backoff, pauses while the broker blocks publishers, owns partition ownership (for several
+//! instances on one PostgreSQL outbox), and stops between batches on shutdown. Nothing here
+//! knows which broker it talks to.
 
-pub mod amqp;
-pub mod topology;
+pub mod partitions;
+pub mod spans;
 
 use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
 };
 
 use rand::Rng;
-use serde::Serialize;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
-use utoipa::ToSchema;
 
 use crate::{
-    config::{Config, RelayConfig},
-    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros, partitions::Partitions},
+    outbox::{Claimed, OutboxStore, Settlement, Store, now_micros},
+    sink::{Health, Link, LinkState, Message, Outcome, Pending, Sink, SinkState},
     trace::otlp::SpanSink,
 };
-pub use amqp::{Outcome, Publisher, Sent};
+use partitions::{InFlight, Partitions};
+use spans::PublishTrace;
 
-/// What the relay knows about RabbitMQ, for `/readyz` and logs.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum BrokerState {
-    /// Not connected yet.
-    Connecting,
-    /// Connected; publishing.
-    Connected,
-    /// Connected, but RabbitMQ has blocked publishers (resource alarm).
-    Blocked,
-    /// Cannot connect; events are buffered in the outbox.
-    Unreachable,
+/// Relay settings (the `relay` part of the configuration).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Attempts before `dead`.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
+    /// Fallback poll interval.
+    pub poll: Duration,
+    /// Rows per round.
+    pub batch: u32,
+    /// Confirm wait per round.
+    pub confirm_timeout: Duration,
 }
 
-/// Shared broker status.
-#[derive(Clone)]
-pub struct BrokerStatus(Arc<Mutex<(BrokerState, Option<String>)>>);
-
-impl Default for BrokerStatus {
-    fn default() -> Self {
-        BrokerStatus(Arc::new(Mutex::new((BrokerState::Connecting, None))))
-    }
-}
-
-impl BrokerStatus {
-    /// Current state and last error.
-    pub fn get(&self) -> (BrokerState, Option<String>) {
-        self.0
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or((BrokerState::Unreachable, None))
-    }
-
-    fn set(&self, state: BrokerState, error: Option<String>) {
-        if let Ok(mut g) = self.0.lock() {
-            if g.0 != state {
-                match (&state, &error) {
-                    (BrokerState::Unreachable, Some(e)) => {
-                        tracing::warn!(error = %e, "RabbitMQ is unreachable; events stay in the outbox until it is back")
-                    }
-                    (BrokerState::Blocked, _) => {
-                        tracing::warn!("RabbitMQ blocked publishing (resource alarm); relay paused")
-                    }
-                    (BrokerState::Connected, _) => tracing::info!("connected to RabbitMQ"),
-                    _ => {}
-                }
-            }
-            metrics::gauge!("postbox_broker_connected").set(if state == BrokerState::Connected {
-                1.0
-            } else {
-                0.0
-            });
-            *g = (state, error);
-        }
-    }
-}
-
-/// The relay task.
-pub struct Relay {
-    store: Store,
-    cfg: RelayConfig,
-    amqp_url: String,
-    exchange: String,
-    status: BrokerStatus,
-    wake: Arc<Notify>,
-    topology: topology::Topology,
-    spans: Option<SpanSink>,
-    partitions: Partitions,
-}
+/// Longest the relay waits for one claim or settlement from the outbox database. sqlx cannot
+/// put TCP keepalive on its sockets, so this is what bounds a call on a half-open connection
+/// (while a claim runs it holds the partition-ownership lock).
+const DB_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Batches sent and awaiting confirms at once (each up to `relay_batch` rows).
 pub const PIPELINE_DEPTH: usize = 4;
 
-impl Relay {
-    /// A relay for this configuration, claiming from the partitions this instance owns.
+/// How long the broker must have been unreachable before this instance stops counting as able
+/// to publish (and, with several instances, hands its partitions to the others). A short blip
+/// does not move partitions around.
+pub const UNREACHABLE_FOR: Duration = Duration::from_secs(5);
+
+/// The relay task, over any sink.
+pub struct Relay<S: Sink> {
+    store: Store,
+    sink: S,
+    cfg: RelayConfig,
+    health: Health,
+    wake: Arc<Notify>,
+    spans: Option<SpanSink>,
+    partitions: Partitions,
+}
+
+/// A batch between send and settlement.
+struct Batch<P> {
+    rows: Vec<Claimed>,
+    pending: P,
+    traces: Vec<Option<PublishTrace>>,
+    /// Counts the rows in flight for partition ownership until dropped.
+    _in_flight: InFlight,
+}
+
+impl<S: Sink> Relay<S> {
+    /// A relay publishing through `sink`, claiming from the partitions this instance owns,
+    /// reporting the broker's state to `health`.
     pub fn new(
-        config: &Config,
+        cfg: RelayConfig,
         store: Store,
-        status: BrokerStatus,
+        sink: S,
+        health: Health,
         wake: Arc<Notify>,
         partitions: Partitions,
-    ) -> Relay {
+    ) -> Relay<S> {
         Relay {
             store,
-            cfg: config.relay.clone(),
-            amqp_url: config.amqp_url.clone(),
-            exchange: config.exchange.clone(),
-            status,
+            sink,
+            cfg,
+            health,
             wake,
-            topology: config.topology.clone(),
             spans: None,
             partitions,
         }
     }
 
     /// Export publish spans of traced events to `spans` (OTLP).
-    pub fn with_spans(mut self, spans: Option<SpanSink>) -> Relay {
+    pub fn with_spans(mut self, spans: Option<SpanSink>) -> Relay<S> {
         self.spans = spans;
         self
     }
 
     /// Run until `token` is cancelled: connect, publish, reconnect with backoff.
-    pub async fn run(self, token: CancellationToken) {
-        let this = Arc::new(self);
+    pub async fn run(self: Arc<Self>, token: CancellationToken) {
         let mut backoff = Duration::from_millis(200);
         while !token.is_cancelled() {
-            let connected = Publisher::connect(
-                &this.amqp_url,
-                &this.exchange,
-                &this.topology,
-                this.spans.clone(),
-            )
-            .await;
-            match connected {
-                Ok(publisher) => {
+            match self.sink.connect().await {
+                Ok(link) => {
                     backoff = Duration::from_millis(200);
-                    this.status.set(BrokerState::Connected, None);
-                    this.publish_loop(&publisher, &token).await;
-                    publisher.close().await;
+                    self.health.connected_to(link.peer());
+                    self.publish_loop(&link, &token).await;
+                    link.close().await;
                     if !token.is_cancelled() {
                         metrics::counter!("postbox_broker_reconnects_total").increment(1);
                     }
                 }
                 Err(e) => {
-                    this.status
-                        .set(BrokerState::Unreachable, Some(format!("{e:#}")));
+                    self.health
+                        .set(SinkState::Unreachable, Some(format!("{e:#}")));
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = token.cancelled() => {}
@@ -162,16 +133,20 @@ impl Relay {
 
     /// Claim and send batches while earlier batches wait for their confirms (up to
     /// [`PIPELINE_DEPTH`] batches in flight); a second task awaits confirms and settles, in
-    /// order. On shutdown or a broken connection, stop claiming and let the settler finish
-    /// every batch already sent, so no row is left unsettled.
-    async fn publish_loop(self: &Arc<Self>, publisher: &Publisher, token: &CancellationToken) {
-        let (tx, rx) = mpsc::channel::<Sent>(PIPELINE_DEPTH);
+    /// order. On shutdown or a broken link, stop claiming and let the settler finish every
+    /// batch already sent, so no row is left unsettled.
+    async fn publish_loop(self: &Arc<Self>, link: &S::Link, token: &CancellationToken) {
+        let done = CancellationToken::new();
+        let work = async {
+            self.claim_loop(link, token).await;
+            done.cancel();
+        };
+        tokio::join!(work, self.watch_blocked(link, &done));
+    }
+
+    async fn claim_loop(self: &Arc<Self>, link: &S::Link, token: &CancellationToken) {
+        let (tx, rx) = mpsc::channel::<Batch<<S::Link as Link>::Pending>>(PIPELINE_DEPTH);
         let broken = CancellationToken::new();
-        let watcher = tokio::spawn(watch_blocked(
-            publisher.connection_status(),
-            self.status.clone(),
-            broken.child_token(),
-        ));
         let settler = tokio::spawn({
             let this = self.clone();
             let broken = broken.clone();
@@ -182,29 +157,34 @@ impl Relay {
             if token.is_cancelled() || broken.is_cancelled() {
                 break;
             }
-            if !publisher.is_usable() {
-                self.status.set(
-                    BrokerState::Unreachable,
-                    Some("connection to RabbitMQ lost".to_owned()),
-                );
-                break;
-            }
-            if publisher.is_blocked() {
-                // connection.blocked (a memory or disk alarm): send nothing more until RabbitMQ
-                // unblocks; the blocked-time watcher keeps the state and the metric.
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                    () = token.cancelled() => {}
+            match link.state() {
+                LinkState::Broken(why) => {
+                    self.health.set(SinkState::Unreachable, Some(why));
+                    break;
                 }
-                continue;
+                LinkState::Blocked => {
+                    // A resource alarm: send nothing more until the broker unblocks (the
+                    // watcher reports it and counts the time).
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                        () = token.cancelled() => {}
+                    }
+                    continue;
+                }
+                // (Not over the settler's "reconnecting" when it just found the link broken.)
+                LinkState::Usable if !broken.is_cancelled() => {
+                    self.health.set(SinkState::Connected, None)
+                }
+                LinkState::Usable => break,
             }
-            self.status.set(BrokerState::Connected, None);
-            match self
-                .partitions
-                .claim(&self.store, self.cfg.batch, lease)
-                .await
-            {
-                Ok(rows) if rows.is_empty() => {
+            let claimed = tokio::time::timeout(
+                DB_TIMEOUT,
+                self.partitions.claim(&self.store, self.cfg.batch, lease),
+            )
+            .await
+            .unwrap_or_else(|_| Err(db_timed_out()));
+            match claimed {
+                Ok((rows, _)) if rows.is_empty() => {
                     tokio::select! {
                         () = self.wake.notified() => {}
                         () = tokio::time::sleep(self.cfg.poll) => {}
@@ -212,12 +192,33 @@ impl Relay {
                         () = broken.cancelled() => {}
                     }
                 }
-                Ok(rows) => {
-                    let sent = publisher.send(rows).await;
-                    if let Err(mpsc::error::SendError(sent)) = tx.send(sent).await {
+                Ok((rows, in_flight)) => {
+                    if !self.partitions.fresh().await {
+                        // The process was stopped between claim and send long enough for its
+                        // leases to expire: another instance may own these rows now. Send
+                        // nothing and give the rows back (fenced by their lease: a row the new
+                        // owner has claimed meanwhile is left alone).
+                        tracing::warn!(
+                            rows = rows.len(),
+                            "claimed rows not sent: this instance's partition leases may have expired meanwhile"
+                        );
+                        metrics::counter!("postbox_stale_batches_dropped_total").increment(1);
+                        let release: Vec<Settlement> = rows
+                            .iter()
+                            .map(|r| Settlement::Released {
+                                seq: r.seq,
+                                lease: r.lease,
+                            })
+                            .collect();
+                        if let Err(e) = self.settle(&release).await {
+                            tracing::warn!(error = %e, "could not give the rows back; their lease runs out");
+                        }
+                        continue;
+                    }
+                    let batch = self.send(link, rows, in_flight).await;
+                    if tx.send(batch).await.is_err() {
                         // The settler is gone: these rows stay leased (sent again after the
-                        // lease), but are no longer in flight here.
-                        self.partitions.settled(&sent.rows).await;
+                        // lease), and dropping the batch counts them out of flight here.
                         break;
                     }
                 }
@@ -232,55 +233,137 @@ impl Relay {
         }
         drop(tx);
         if settler.await.is_err() {
-            tracing::error!("the relay's settle task panicked");
+            // Its batches were dropped as it unwound, which counted their rows out of flight;
+            // the rows stay leased and are published again (at-least-once). Reconnect.
+            tracing::error!("the relay's settle task panicked; reconnecting");
+            metrics::counter!("postbox_task_panics_total", "task" => "settler").increment(1);
         }
-        broken.cancel();
-        let _ = watcher.await;
     }
 
-    /// Await each sent batch's confirms in order and record the results.
-    async fn settle_loop(&self, mut rx: mpsc::Receiver<Sent>, broken: CancellationToken) {
-        while let Some(sent) = rx.recv().await {
+    /// While the broker blocks the link (RabbitMQ's `connection.blocked` on a memory or disk
+    /// alarm), report the relay as blocked and count the time in
+    /// `postbox_broker_blocked_milliseconds_total`. Runs beside the claim loop, because a
+    /// publish that was under way when the block came waits inside the client until the broker
+    /// unblocks.
+    async fn watch_blocked(&self, link: &S::Link, stop: &CancellationToken) {
+        const TICK: Duration = Duration::from_millis(100);
+        let mut last = Instant::now();
+        let mut was_blocked = false;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(TICK) => {}
+                () = stop.cancelled() => return,
+            }
+            let now = Instant::now();
+            let blocked = link.state() == LinkState::Blocked;
+            if blocked {
+                if was_blocked {
+                    let ms = u64::try_from((now - last).as_millis()).unwrap_or(u64::MAX);
+                    metrics::counter!("postbox_broker_blocked_milliseconds_total").increment(ms);
+                }
+                self.health.set(
+                    SinkState::Blocked,
+                    Some(format!("{} blocked publishers", self.sink.name())),
+                );
+            } else if was_blocked {
+                tracing::info!("{} unblocked publishing; relay resumes", self.sink.name());
+                self.health.set(SinkState::Connected, None);
+            }
+            was_blocked = blocked;
+            last = now;
+        }
+    }
+
+    /// Turn claimed rows into messages (starting publish spans) and put them on the wire.
+    async fn send(
+        &self,
+        link: &S::Link,
+        mut rows: Vec<Claimed>,
+        in_flight: InFlight,
+    ) -> Batch<<S::Link as Link>::Pending> {
+        let export = self.spans.is_some();
+        let mut traces = Vec::with_capacity(rows.len());
+        let messages: Vec<Message> = rows
+            .iter_mut()
+            .map(|row| {
+                let mut m = message(row);
+                traces.push(PublishTrace::start(&mut m, &self.sink, export));
+                m
+            })
+            .collect();
+        let pending = link.send(messages).await;
+        Batch {
+            rows,
+            pending,
+            traces,
+            _in_flight: in_flight,
+        }
+    }
+
+    /// Await each sent batch's verdicts in order and record the results.
+    async fn settle_loop(
+        &self,
+        mut rx: mpsc::Receiver<Batch<<S::Link as Link>::Pending>>,
+        broken: CancellationToken,
+    ) {
+        while let Some(batch) = rx.recv().await {
             let started = Instant::now();
-            let (rows, outcomes) = sent.confirm(self.cfg.confirm_timeout).await;
+            let outcomes = batch.pending.outcomes(self.cfg.confirm_timeout).await;
             metrics::histogram!("postbox_confirm_wait_seconds")
                 .record(started.elapsed().as_secs_f64());
-            let (settlements, connection_failed) = self.settlements(&rows, &outcomes);
-            if connection_failed {
+            let end = SystemTime::now();
+            for (trace, outcome) in batch.traces.into_iter().zip(&outcomes) {
+                if let Some(t) = trace {
+                    t.finish(outcome, end, self.spans.as_ref());
+                }
+            }
+            let settlements = self.settlements(&batch.rows, &outcomes);
+            if let Some(why) = outcomes
+                .iter()
+                .find(|o| o.breaks_link())
+                .and_then(Outcome::error)
+            {
+                // Say so now: closing the old link and connecting a new one can take a while
+                // on a stalled network, and /readyz should not claim `connected` meanwhile.
+                if !broken.is_cancelled() {
+                    self.health.set(
+                        SinkState::Unreachable,
+                        Some(format!("{why}; reconnecting to {}", self.sink.name())),
+                    );
+                }
                 broken.cancel();
             }
             if let Err(e) = self.settle(&settlements).await {
                 // The rows stay leased and are published again when the lease runs out (or at
                 // once by the next owner of their partition): a duplicate, never a loss.
-                tracing::error!(error = %e, rows = rows.len(), "could not record publish results");
+                tracing::error!(error = %e, rows = batch.rows.len(), "could not record publish results");
             }
-            self.partitions.settled(&rows).await;
+            drop(batch._in_flight);
             // A settled keyed event lets the next event of its key be claimed: claim again now
             // rather than at the next poll.
             self.wake.notify_one();
         }
     }
 
-    /// Turn outcomes into settlements (and metrics); also says whether the connection failed.
-    fn settlements(&self, rows: &[Claimed], outcomes: &[Outcome]) -> (Vec<Settlement>, bool) {
+    /// Turn outcomes into settlements (and metrics).
+    fn settlements(&self, rows: &[Claimed], outcomes: &[Outcome]) -> Vec<Settlement> {
         let now = now_micros();
-        let mut broken = false;
-        let settlements = rows
-            .iter()
+        rows.iter()
             .zip(outcomes)
-            .map(|(row, outcome)| match outcome {
-                Outcome::Confirmed => {
+            .map(|(row, outcome)| match outcome.error() {
+                None => {
                     metrics::counter!("postbox_published_total").increment(1);
+                    if *outcome == Outcome::Duplicate {
+                        metrics::counter!("postbox_publish_duplicates_total").increment(1);
+                    }
                     let lag = (now - row.created_at).max(0) as f64 / 1e6;
                     metrics::histogram!("postbox_relay_lag_seconds").record(lag);
                     Settlement::Published { seq: row.seq }
                 }
-                Outcome::Failed(error) => {
-                    let reason = failure_reason(error);
-                    broken |= matches!(reason, "connection" | "timeout");
+                Some(error) => {
                     let attempts = row.attempts.saturating_add(1);
                     let dead = u32::try_from(attempts).unwrap_or(u32::MAX) >= self.cfg.max_attempts;
-                    metrics::counter!("postbox_publish_failures_total", "reason" => reason)
+                    metrics::counter!("postbox_publish_failures_total", "reason" => outcome.reason())
                         .increment(1);
                     if dead {
                         metrics::counter!("postbox_dead_total").increment(1);
@@ -290,7 +373,7 @@ impl Relay {
                     Settlement::Failed {
                         seq: row.seq,
                         attempts,
-                        error: error.clone(),
+                        error: error.to_owned(),
                         next_attempt_at: now
                             + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX / 2),
                         dead,
@@ -298,8 +381,7 @@ impl Relay {
                     }
                 }
             })
-            .collect();
-        (settlements, broken)
+            .collect()
     }
 
     /// Settle, retrying briefly: the broker has already confirmed these messages, so losing the
@@ -307,7 +389,10 @@ impl Relay {
     async fn settle(&self, settlements: &[Settlement]) -> Result<(), sqlx::Error> {
         let mut tries = 0;
         loop {
-            match self.store.settle(settlements).await {
+            let settled = tokio::time::timeout(DB_TIMEOUT, self.store.settle(settlements))
+                .await
+                .unwrap_or_else(|_| Err(db_timed_out()));
+            match settled {
                 Ok(()) => return Ok(()),
                 Err(e) if tries < 5 => {
                     tries += 1;
@@ -320,55 +405,60 @@ impl Relay {
     }
 }
 
-/// While RabbitMQ blocks this connection (`connection.blocked`, AMQP 0-9-1 extension sent on a
-/// memory or disk alarm), report the relay as blocked and count the time in
-/// `postbox_broker_blocked_milliseconds_total`. Runs beside the publish loop, because a publish
-/// that was under way when the block came waits inside lapin until RabbitMQ unblocks.
-async fn watch_blocked(
-    conn: lapin::ConnectionStatus,
-    status: BrokerStatus,
-    stop: CancellationToken,
-) {
-    const TICK: Duration = Duration::from_millis(100);
-    let mut last = Instant::now();
-    let mut was_blocked = false;
-    loop {
-        tokio::select! {
-            () = tokio::time::sleep(TICK) => {}
-            () = stop.cancelled() => return,
-        }
-        let now = Instant::now();
-        let blocked = conn.blocked();
-        if blocked {
-            if was_blocked {
-                let ms = u64::try_from((now - last).as_millis()).unwrap_or(u64::MAX);
-                metrics::counter!("postbox_broker_blocked_milliseconds_total").increment(ms);
-            }
-            status.set(
-                BrokerState::Blocked,
-                Some("RabbitMQ sent connection.blocked".to_owned()),
-            );
-        } else if was_blocked {
-            tracing::info!("RabbitMQ unblocked publishing; relay resumes");
-            status.set(BrokerState::Connected, None);
-        }
-        was_blocked = blocked;
-        last = now;
+/// The message of a claimed row; its body and attributes move into it (the row keeps what
+/// settling needs).
+fn message(row: &mut Claimed) -> Message {
+    Message {
+        id: row.event_id.clone(),
+        source: row.source.clone(),
+        ce_type: row.ce_type.clone(),
+        subject: row.routing_key.clone(),
+        body: std::mem::take(&mut row.body),
+        attributes: std::mem::take(&mut row.attributes),
+        traceparent: row.traceparent.clone(),
+        tracestate: row.tracestate.clone(),
+        created_at: row.created_at,
     }
 }
 
-fn failure_reason(error: &str) -> &'static str {
-    if error.starts_with("returned") {
-        "returned"
-    } else if error.starts_with("nacked") {
-        "nacked"
-    } else if error.starts_with("no confirm") {
-        "timeout"
-    } else if error.starts_with("invalid message") {
-        "invalid"
-    } else {
-        "connection"
+/// Whether this instance can publish: false once the broker has been unreachable for
+/// [`UNREACHABLE_FOR`]. The plain signal partition ownership is fed with.
+pub struct PublishGate {
+    health: Health,
+    unreachable_since: Option<tokio::time::Instant>,
+}
+
+impl PublishGate {
+    /// Read from the broker's `health`.
+    pub fn new(health: Health) -> PublishGate {
+        PublishGate {
+            health,
+            unreachable_since: None,
+        }
     }
+
+    /// Whether this instance can publish now.
+    pub fn open(&mut self) -> bool {
+        if self.health.get().0 == SinkState::Unreachable {
+            let since = *self
+                .unreachable_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            since.elapsed() < UNREACHABLE_FOR
+        } else {
+            self.unreachable_since = None;
+            true
+        }
+    }
+}
+
+fn db_timed_out() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!(
+            "no answer from the outbox database within {} s",
+            DB_TIMEOUT.as_secs()
+        ),
+    ))
 }
 
 /// Exponential backoff with "equal jitter": half the delay fixed, half random, so retries of
@@ -421,16 +511,16 @@ mod tests {
         }
     }
 
-    #[test]
-    fn reasons_are_labelled() {
-        assert_eq!(
-            failure_reason("returned by RabbitMQ: 312 NO_ROUTE"),
-            "returned"
-        );
-        assert_eq!(failure_reason("nacked by RabbitMQ"), "nacked");
-        assert_eq!(
-            failure_reason("connection lost before the confirm: x"),
-            "connection"
-        );
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_closes_after_the_broker_is_unreachable_for_a_while() {
+        let health = Health::new("test broker");
+        let mut gate = PublishGate::new(health.clone());
+        assert!(gate.open());
+        health.set(SinkState::Unreachable, Some("refused".into()));
+        assert!(gate.open(), "a blip does not close it");
+        tokio::time::advance(UNREACHABLE_FOR).await;
+        assert!(!gate.open());
+        health.set(SinkState::Connected, None);
+        assert!(gate.open());
     }
 }

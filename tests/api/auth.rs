@@ -36,8 +36,7 @@ fn keys() -> KeySpecs {
 }
 
 fn order(id: &str, source: &str) -> Value {
-    json!({"type": "order.paid", "version": "v1", "id": id, "source": source,
-           "data": {"order_id": id, "amount": 1, "currency": "EUR"}})
+    Event::order_paid(id).amount(1).id(id).source(source).json()
 }
 
 async fn send(app: &TestApp, secret: Option<&str>, body: &Value) -> reqwest::Response {
@@ -86,8 +85,7 @@ async fn api_keys_decide_who_may_send_what() {
     assert_problem(resp, 401, "unauthorized").await;
 
     // A type the key may not send, and a source it may not use: 403 naming the field.
-    let user = json!({"type": "user.signed_up", "version": "v1", "source": "/shop/checkout",
-                      "data": {"user_id": "u-1", "email": "ada@example.com"}});
+    let user = Event::user_signed_up("u-1").source("/shop/checkout").json();
     let p = assert_problem(send(&app, Some(CHECKOUT), &user).await, 403, "forbidden").await;
     assert_eq!(p["errors"][0]["pointer"], "/type");
     let p = assert_problem(
@@ -137,6 +135,25 @@ async fn api_keys_decide_who_may_send_what() {
         .await
         .unwrap();
     assert_problem(resp, 403, "forbidden").await;
+    // So do the schema registry's changes; reading schemas needs no scope.
+    let schema = json!({"type": "object", "properties": {"id": {"type": "string"}}});
+    for (secret, want) in [(None, 401), (Some(CHECKOUT), 403), (Some(OPS), 201)] {
+        let mut req = app
+            .client
+            .put(app.url("/v1/schemas/auth.checked/v1"))
+            .json(&schema);
+        if let Some(s) = secret {
+            req = req.bearer_auth(s);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "PUT schema with {secret:?}");
+    }
+    assert_eq!(
+        get(&app, CHECKOUT, "/v1/schemas/auth.checked")
+            .await
+            .status(),
+        200
+    );
     // The message can reach the queue a moment before its settlement commits: poll.
     let mut listed = 0;
     for _ in 0..50 {
@@ -249,9 +266,11 @@ async fn secrets_stay_out_of_help_logs_errors_and_readiness() {
     const PG_SECRET: &str = "pg-pa55word-xyzzy";
     const AMQP_SECRET: &str = "amqp-pa55word-plugh";
     let key_secret = postbox::auth::generate_key();
-    let db = fresh_pg_database().await;
+    let db = PgDatabase::create().await;
     // Trust authentication ignores the password, so postbox runs with it in its URL.
-    let db_url = db.replace("postgres@", &format!("postgres:{PG_SECRET}@"));
+    let db_url = db
+        .url()
+        .replace("postgres@", &format!("postgres:{PG_SECRET}@"));
     // A wrong RabbitMQ password: the relay fails to log in and says so.
     let amqp_url = format!("amqp://guest:{AMQP_SECRET}@127.0.0.1:5672/%2f");
     let keys = format!(
@@ -270,9 +289,9 @@ async fn secrets_stay_out_of_help_logs_errors_and_readiness() {
 
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("postbox.log");
-    let mut vars = proc_env(&db_url, &amqp_url, &unique("test-events"));
-    vars.push(("POSTBOX_API_KEYS".into(), keys.clone()));
-    let app = ProcApp::spawn(&vars, &log).await;
+    let exchange = Exchange::new("events");
+    let env = ProcEnv::new(&db_url, &amqp_url, &exchange).set("POSTBOX_API_KEYS", &keys);
+    let app = ProcApp::spawn(&env, &log).await;
     let resp = app
         .client
         .post(app.url("/v1/events"))
@@ -343,27 +362,18 @@ async fn secrets_stay_out_of_help_logs_errors_and_readiness() {
 #[tokio::test]
 async fn postgres_over_tls_with_sslmode() {
     // The machine's PostgreSQL has ssl = on (Debian's snakeoil certificate).
-    let db = fresh_pg_database().await;
-    let name = db.rsplit('/').next().unwrap().to_owned();
+    let db = PgDatabase::create().await;
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
-        s.database_url = Some(format!("{db}?sslmode=require"))
+        s.database_url = Some(format!("{}?sslmode=require", db.url()))
     })
     .await;
     let mut queue = TestQueue::bind(&app.exchange, "#").await;
-    let (_, location) = app.post_accepted(&order_paid("tls-1")).await;
+    let location = app.accept(&Event::order_paid("tls-1")).await;
     app.wait_status(&location, "published", Duration::from_secs(10))
         .await;
     assert_eq!(queue.take(1, Duration::from_secs(10)).await.len(), 1);
     // Every connection postbox holds to that database is encrypted.
-    let admin = sqlx::PgPool::connect(PG_ADMIN_URL).await.unwrap();
-    let (total, encrypted): (i64, i64) = sqlx::query_as(
-        "select count(*), count(*) filter (where s.ssl) from pg_stat_activity a \
-         join pg_stat_ssl s using (pid) where a.datname = $1",
-    )
-    .bind(&name)
-    .fetch_one(&admin)
-    .await
-    .unwrap();
+    let (total, encrypted) = pg_ssl_sessions(db.name()).await;
     assert!(total > 0);
     assert_eq!(total, encrypted);
     app.stop().await.unwrap();
@@ -371,14 +381,12 @@ async fn postgres_over_tls_with_sslmode() {
     // verify-full checks the certificate against the web PKI roots: the self-signed one fails,
     // with an error rather than a panic or a plain-text fallback.
     let s = Settings {
-        database_url: Some(format!("{db}?sslmode=verify-full")),
+        database_url: Some(format!("{}?sslmode=verify-full", db.url())),
         ..test_settings(Backend::Sqlite, std::path::Path::new("/nonexistent"))
     };
-    let config = Config::from_settings(s).unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let started = tokio::time::timeout(
         Duration::from_secs(30),
-        postbox::start(config, listener, Default::default()),
+        TestApp::try_start(s, tempfile::tempdir().unwrap(), None),
     )
     .await
     .expect("fails fast");
@@ -388,7 +396,6 @@ async fn postgres_over_tls_with_sslmode() {
         msg.contains("certificate") || msg.contains("tls"),
         "the error says what failed: {msg}"
     );
-    admin.close().await;
 }
 
 #[tokio::test]
@@ -402,7 +409,11 @@ async fn amqps_means_tls_and_a_failed_handshake_only_delays_delivery() {
             ..Settings::default()
         })
         .unwrap();
-        assert_eq!(c.amqp_url, url);
+        let postbox::config::SinkConfig::Amqp(amqp) = &c.sink else {
+            panic!("expected the AMQP sink")
+        };
+        assert_eq!(amqp.nodes.len(), 1);
+        assert_eq!(amqp.nodes[0].url.expose(), url);
     }
     // 5672 speaks plain AMQP: a TLS client must fail its handshake there, not fall back to
     // cleartext. Events are still accepted and wait in the outbox.
@@ -410,7 +421,7 @@ async fn amqps_means_tls_and_a_failed_handshake_only_delays_delivery() {
         s.amqp_url = Some("amqps://guest:guest@127.0.0.1:5672/%2f".into())
     })
     .await;
-    let (_, location) = app.post_accepted(&order_paid("tls-amqp-1")).await;
+    let location = app.accept(&Event::order_paid("tls-amqp-1")).await;
     let mut broker = Value::Null;
     for _ in 0..100 {
         let (_, ready) = app.get_json("/readyz").await;

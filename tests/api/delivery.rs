@@ -4,11 +4,9 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use serde_json::{Value, json};
-
 use crate::helpers::{
-    Backend, BrokerProxy, TestApp, TestQueue, body_json, header, header_str, message_id,
-    order_paid, unique,
+    Backend, Event, Proxy, TestApp, TestQueue, batch, body_json, header, header_str, message_id,
+    outbox_row_counts, unique,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -17,18 +15,19 @@ async fn native_event_is_delivered(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let mut q = TestQueue::bind(&app.exchange, "events.order.paid.#").await;
     let id = unique("pay");
-    let data = json!({"order_id": "o-1001", "amount": 25.5, "currency": "EUR"});
-    let event = json!({
-        "type": "order.paid", "version": "v1", "id": id, "source": "/shop/checkout",
-        "subject": "order-1001", "key": "customer-42", "data": data,
-    });
+    let event = Event::order_paid("o-1001")
+        .id(&id)
+        .source("/shop/checkout")
+        .subject("order-1001")
+        .key("customer-42");
+    let data = event.data_value().clone();
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
     let tracestate = "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE";
     let resp = app
         .post_with(
             "application/json",
             &[("traceparent", traceparent), ("tracestate", tracestate)],
-            event.to_string(),
+            event.body(),
         )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
@@ -118,10 +117,12 @@ async fn cloudevent_extension_is_kept_in_body_and_headers() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let mut q = TestQueue::bind(&app.exchange, "events.order.paid.#").await;
     let id = unique("ce");
-    let event = json!({
-        "specversion": "1.0", "id": id, "source": "/shop/checkout", "type": "order.paid.v1",
-        "tenant": "acme", "data": {"order_id": "o-7", "amount": 7, "currency": "EUR"},
-    });
+    let event = Event::order_paid("o-7")
+        .amount(7)
+        .id(&id)
+        .source("/shop/checkout")
+        .field("tenant", "acme")
+        .cloudevent();
     let resp = app
         .post("application/cloudevents+json", event.to_string())
         .await;
@@ -153,7 +154,7 @@ async fn unroutable_event_is_retried_then_dead() {
         s.retry_max_ms = Some(1000);
     })
     .await;
-    let (_, location) = app.post_accepted(&order_paid("o-lost")).await;
+    let location = app.accept(&Event::order_paid("o-lost")).await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let mut attempts_seen = Vec::new();
@@ -207,7 +208,8 @@ async fn unroutable_event_is_retried_then_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn broker_down_at_start_up_delays_delivery_only() {
-    let proxy = BrokerProxy::reserve().await;
+    // A proxy port that does not listen yet: RabbitMQ is "down".
+    let proxy = Proxy::reserve("127.0.0.1:5672");
     let amqp_url = proxy.amqp_url();
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.amqp_url = Some(amqp_url)).await;
 
@@ -215,9 +217,9 @@ async fn broker_down_at_start_up_delays_delivery_only() {
     let mut locations = Vec::new();
     for i in 0..5 {
         let id = format!("down-{i}");
-        let mut e = order_paid(&format!("o-{i}"));
-        e["id"] = json!(id);
-        let (_, location) = app.post_accepted(&e).await;
+        let location = app
+            .accept(&Event::order_paid(&format!("o-{i}")).id(&id))
+            .await;
         ids.push(id);
         locations.push(location);
     }
@@ -249,7 +251,7 @@ async fn broker_down_at_start_up_delays_delivery_only() {
     }
 
     let mut q = TestQueue::bind(&app.exchange, "events.#").await;
-    proxy.start().await;
+    proxy.listen().await;
     let got = q.take(ids.len(), Duration::from_secs(15)).await;
     let extra = q.drain(Duration::from_secs(1)).await;
     assert!(
@@ -273,12 +275,10 @@ async fn idempotent_replay_publishes_once() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let mut q = TestQueue::bind(&app.exchange, "events.order.paid.#").await;
     let id = unique("once");
-    let mut e = order_paid("o-once");
-    e["id"] = json!(id);
-    e["source"] = json!("/shop/checkout");
-    let first = app.post_json(&e).await;
+    let e = Event::order_paid("o-once").id(&id).source("/shop/checkout");
+    let first = app.post_event(&e).await;
     assert_eq!(first.status().as_u16(), 202);
-    let second = app.post_json(&e).await;
+    let second = app.post_event(&e).await;
     assert_eq!(second.status().as_u16(), 202);
     assert_eq!(
         header(&second, "idempotent-replayed").as_deref(),
@@ -300,17 +300,12 @@ async fn batch_of_50_arrives_complete_and_in_order() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let mut q = TestQueue::bind(&app.exchange, "events.order.paid.#").await;
     let ids: Vec<String> = (0..50).map(|i| format!("batch-{i:02}")).collect();
-    let batch: Vec<Value> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| {
-            let mut e = order_paid(&format!("o-{i}"));
-            e["id"] = json!(id);
-            e["key"] = json!(format!("customer-{}", i % 3));
-            e
-        })
-        .collect();
-    let (body, _) = app.post_accepted(&Value::Array(batch)).await;
+    let events = ids.iter().enumerate().map(|(i, id)| {
+        Event::order_paid(&format!("o-{i}"))
+            .id(id)
+            .key(&format!("customer-{}", i % 3))
+    });
+    let (body, _) = app.post_accepted(&batch(events)).await;
     let answered: Vec<&str> = body["events"]
         .as_array()
         .expect("events")
@@ -333,7 +328,7 @@ async fn batch_of_50_arrives_complete_and_in_order() {
 async fn graceful_stop_after_delivery() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let mut q = TestQueue::bind(&app.exchange, "events.#").await;
-    let (_, location) = app.post_accepted(&order_paid("o-stop")).await;
+    let location = app.accept(&Event::order_paid("o-stop")).await;
     assert!(q.next(WAIT).await.is_some());
     app.wait_status(&location, "published", WAIT).await;
     let base = app.base.clone();
@@ -352,16 +347,11 @@ async fn graceful_stop_after_delivery() {
 /// in `outbox_payload`); pending rows stay.
 async fn pruning_removes_rows_with_their_bodies(backend: Backend) {
     use postbox::outbox::{OutboxStore, now_micros};
-    use sqlx::Connection;
-    let mut db = String::new();
-    let app = TestApp::spawn_with(backend, |s| {
-        db = s.database_url.clone().unwrap_or_default();
-    })
-    .await;
+    let app = TestApp::spawn(backend).await;
     let mut q = TestQueue::bind(&app.exchange, "#").await;
     let mut locations = Vec::new();
     for i in 0..3 {
-        let (_, loc) = app.post_accepted(&order_paid(&format!("prune-{i}"))).await;
+        let loc = app.accept(&Event::order_paid(&format!("prune-{i}"))).await;
         locations.push(loc);
     }
     assert_eq!(q.take(3, Duration::from_secs(10)).await.len(), 3);
@@ -378,25 +368,7 @@ async fn pruning_removes_rows_with_their_bodies(backend: Backend) {
     for loc in &locations {
         assert_eq!(app.get_json(loc).await.0, 404);
     }
-    let count = "select (select count(*) from outbox), (select count(*) from outbox_payload)";
-    let counts: (i64, i64) = match backend {
-        Backend::Sqlite => {
-            let mut c = sqlx::SqliteConnection::connect(&db)
-                .await
-                .expect("database");
-            sqlx::query_as(count)
-                .fetch_one(&mut c)
-                .await
-                .expect("database")
-        }
-        Backend::Postgres => {
-            let mut c = sqlx::PgConnection::connect(&db).await.expect("database");
-            sqlx::query_as(count)
-                .fetch_one(&mut c)
-                .await
-                .expect("database")
-        }
-    };
+    let counts = outbox_row_counts(&app.database_url).await;
     assert_eq!(counts, (0, 0), "no row and no body is left behind");
     app.stop().await.expect("database");
 }

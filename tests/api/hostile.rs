@@ -1,7 +1,7 @@
 //! Hostile input and slow clients: every case answers a precise 4xx (or 503 for the limits)
 //! problem document, quickly, and never a 5xx, a panic or a hang.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::{
@@ -9,7 +9,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{Backend, TestApp, assert_problem, header, order_paid, pointers};
+use crate::helpers::{Backend, Event, TestApp, assert_problem, batch, gzip, header, pointers};
 
 /// Every hostile request must be answered within this.
 const QUICK: Duration = Duration::from_secs(10);
@@ -20,26 +20,16 @@ async fn quick<F: std::future::Future>(f: F) -> F::Output {
         .expect("postbox answered within the deadline")
 }
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(bytes).expect("gzip");
-    enc.finish().expect("gzip")
-}
-
+/// A `user.signed_up` envelope with this `data`.
 fn signed_up(data: Value) -> Value {
-    json!({"type": "user.signed_up", "version": "v1", "data": data})
-}
-
-/// `host:port` of the app.
-fn addr(app: &TestApp) -> String {
-    app.base.trim_start_matches("http://").to_owned()
+    Event::new("user.signed_up", "v1", data).json()
 }
 
 /// Write `head` then `body` on a raw connection, then stall; return everything the server sent
 /// until it closed the connection, and how long that took.
 async fn stall_after(app: &TestApp, head: &str, body: &[u8], wait: Duration) -> (String, Duration) {
     let started = tokio::time::Instant::now();
-    let mut s = TcpStream::connect(addr(app)).await.expect("connect");
+    let mut s = TcpStream::connect(app.addr()).await.expect("connect");
     s.write_all(head.as_bytes()).await.expect("write head");
     s.write_all(body).await.expect("write body");
     s.flush().await.expect("flush");
@@ -85,7 +75,7 @@ async fn oversized_bodies_and_batches_are_413() {
     let p = assert_problem(quick(app.post_json(&big)).await, 413, "payload-too-large").await;
     assert!(p["detail"].as_str().unwrap_or("").contains("4096"), "{p}");
 
-    let four = Value::Array(vec![order_paid("o"); 4]);
+    let four = batch(vec![Event::order_paid("o"); 4]);
     let p = assert_problem(quick(app.post_json(&four)).await, 413, "payload-too-large").await;
     assert!(p["detail"].as_str().unwrap_or("").contains('3'), "{p}");
 }
@@ -288,7 +278,7 @@ async fn duplicate_keys_are_400_with_the_pointer_of_the_second() {
 #[tokio::test]
 async fn wrong_content_types_are_415() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let body = order_paid("o-ct").to_string();
+    let body = Event::order_paid("o-ct").body();
     for ct in [
         "",
         "text/plain",
@@ -319,7 +309,7 @@ async fn wrong_content_types_are_415() {
 #[tokio::test]
 async fn missing_or_garbled_binary_headers_are_400_pointing_at_the_header() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let data = json!({"order_id": "o-b", "amount": 1, "currency": "EUR"}).to_string();
+    let data = Event::order_paid("o-b").amount(1).data_value().to_string();
     let good = [
         ("ce-specversion", "1.0"),
         ("ce-id", "b-1"),
@@ -386,11 +376,7 @@ async fn missing_or_garbled_binary_headers_are_400_pointing_at_the_header() {
 #[tokio::test]
 async fn wildcards_dot_segments_slashes_and_long_strings_are_400_with_pointers() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let native = |field: &str, value: Value| {
-        let mut e = order_paid("o-w");
-        e[field] = value;
-        e
-    };
+    let native = |field: &str, value: Value| Event::order_paid("o-w").field(field, value).json();
     let long = |n: usize| Value::String("a".repeat(n));
     let cases = vec![
         (native("type", json!("order.*")), "/type"),
@@ -428,8 +414,11 @@ async fn wildcards_dot_segments_slashes_and_long_strings_are_400_with_pointers()
     }
 
     let ce = |field: &str, value: Value| {
-        let mut e = json!({"specversion": "1.0", "id": "c-1", "source": "/s", "type": "order.paid.v1",
-            "data": {"order_id": "o", "amount": 1, "currency": "EUR"}});
+        let mut e = Event::order_paid("o")
+            .amount(1)
+            .id("c-1")
+            .source("/s")
+            .cloudevent();
         e[field] = value;
         e
     };
@@ -489,10 +478,9 @@ async fn control_characters_are_refused_in_envelope_strings_but_kept_in_data() {
             "\u{7f}",
             "\u{85}",
         ] {
-            let mut e = order_paid("o-c");
-            e[field] = json!(bad);
-            let p = assert_problem(quick(app.post_json(&e)).await, 400, "invalid-request").await;
-            assert_eq!(pointers(&p), vec![format!("/{field}")], "{e}: {p}");
+            let e = Event::order_paid("o-c").field(field, bad);
+            let p = assert_problem(quick(app.post_event(&e)).await, 400, "invalid-request").await;
+            assert_eq!(pointers(&p), vec![format!("/{field}")], "{}: {p}", e.body());
         }
     }
     let data =
@@ -516,17 +504,15 @@ async fn sql_ish_strings_are_stored_verbatim(backend: Backend) {
         "<script>alert(1)</script> ${jndi:ldap://x}",
     ];
     for (i, s) in nasty.iter().enumerate() {
-        let body = json!({
-            "type": "user.signed_up",
-            "version": "v1",
-            "id": format!("sql-{i}"),
-            "source": s,
-            "subject": s,
-            "key": s,
-            "data": {"user_id": s, "email": "a@example.com", "note": {*s: [s]}},
-        });
-        let resp = quick(app.post_json(&body)).await;
-        assert_eq!(resp.status().as_u16(), 202, "{body}");
+        let body = Event::user_signed_up(s)
+            .data_field("email", "a@example.com")
+            .data_field("note", json!({*s: [s]}))
+            .id(&format!("sql-{i}"))
+            .source(s)
+            .subject(s)
+            .key(s);
+        let resp = quick(app.post_event(&body)).await;
+        assert_eq!(resp.status().as_u16(), 202, "{}", body.body());
         let location = header(&resp, "location").expect("location");
         let (code, ev) = app.get_json(&location).await;
         assert_eq!(code, 200, "{location}: {ev}");
@@ -536,9 +522,9 @@ async fn sql_ish_strings_are_stored_verbatim(backend: Backend) {
         assert_eq!(ev["event"]["source"], *s);
         assert_eq!(ev["event"]["subject"], *s);
         assert_eq!(ev["event"]["partitionkey"], *s);
-        assert_eq!(ev["event"]["data"], body["data"]);
+        assert_eq!(&ev["event"]["data"], body.data_value());
         // The same id under the same source is a replay, not a second row.
-        let again = quick(app.post_json(&body)).await;
+        let again = quick(app.post_event(&body)).await;
         assert_eq!(
             header(&again, "idempotent-replayed").as_deref(),
             Some("true")
@@ -564,7 +550,7 @@ async fn sql_ish_strings_are_stored_verbatim_postgres() {
 #[tokio::test]
 async fn hostile_idempotency_keys_are_400() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let body = order_paid("o-k").to_string();
+    let body = Event::order_paid("o-k").body();
     let values: Vec<reqwest::header::HeaderValue> = vec![
         reqwest::header::HeaderValue::from_bytes(b"k\xff\xfe").expect("obs-text"),
         reqwest::header::HeaderValue::from_static("tab\tinside"),
@@ -620,7 +606,7 @@ async fn a_stalled_body_is_cut_off_with_408() {
     assert!(took < Duration::from_secs(3), "took {took:?}");
     // A client trickling one byte at a time is cut off the same way.
     let started = tokio::time::Instant::now();
-    let mut s = TcpStream::connect(addr(&app)).await.expect("connect");
+    let mut s = TcpStream::connect(app.addr()).await.expect("connect");
     s.write_all(post_head(1000).as_bytes()).await.expect("head");
     let mut answered = String::new();
     for _ in 0..100 {
@@ -680,12 +666,12 @@ async fn requests_beyond_max_in_flight_are_503_but_probes_pass() {
     })
     .await;
     // Holds the only slot: headers sent, body stalled.
-    let mut hog = TcpStream::connect(addr(&app)).await.expect("connect");
+    let mut hog = TcpStream::connect(app.addr()).await.expect("connect");
     hog.write_all(post_head(100).as_bytes())
         .await
         .expect("head");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let resp = quick(app.post_json(&order_paid("o-busy"))).await;
+    let resp = quick(app.post_event(&Event::order_paid("o-busy"))).await;
     assert_eq!(header(&resp, "retry-after").as_deref(), Some("1"));
     assert_problem(resp, 503, "overloaded").await;
     let (code, _) = quick(app.get_json("/healthz")).await;
@@ -694,7 +680,7 @@ async fn requests_beyond_max_in_flight_are_503_but_probes_pass() {
     let mut buf = Vec::new();
     let _ = quick(hog.read_to_end(&mut buf)).await;
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 408"));
-    let resp = quick(app.post_json(&order_paid("o-free"))).await;
+    let resp = quick(app.post_event(&Event::order_paid("o-free"))).await;
     assert_eq!(resp.status().as_u16(), 202);
 }
 

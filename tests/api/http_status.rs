@@ -1,29 +1,32 @@
 //! One test (at least) per row of DESIGN.md's status-code table, against a real SQLite outbox
 //! (PostgreSQL for the 503), asserting the status, the problem type and the fields that matter.
 
-use std::{io::Write, time::Duration};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    Backend, TestApp, TestQueue, assert_problem, header, order_paid, pg_admin, pointers,
+    Backend, Event, SqliteLock, TestApp, TestQueue, assert_problem, batch, gzip, header, pg_admin,
+    pg_terminate, pointers,
 };
 
+/// `order.paid` for `order` with this id and source, as a native envelope.
 fn paid(id: &str, source: &str, order: &str) -> Value {
-    let mut e = order_paid(order);
-    e["id"] = json!(id);
-    e["source"] = json!(source);
-    e
+    Event::order_paid(order).id(id).source(source).json()
 }
 
+/// A structured CloudEvent (`order.paid.v1`).
 fn cloudevent(id: &str, source: &str) -> Value {
-    json!({
-        "specversion": "1.0",
-        "id": id,
-        "source": source,
-        "type": "order.paid.v1",
-        "data": {"order_id": "o-ce", "amount": 3, "currency": "EUR"}
-    })
+    Event::order_paid("o-ce")
+        .amount(3)
+        .id(id)
+        .source(source)
+        .cloudevent()
+}
+
+/// The shortest native envelope: type, version and data.
+fn order_paid(order: &str) -> Value {
+    Event::order_paid(order).json()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -87,7 +90,11 @@ async fn structured_cloudevent_is_accepted() {
 #[tokio::test]
 async fn binary_mode_cloudevent_is_accepted() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let data = json!({"order_id": "o-bin", "amount": 7.25, "currency": "USD"});
+    let data = Event::order_paid("o-bin")
+        .amount(7.25)
+        .data_field("currency", "USD")
+        .data_value()
+        .clone();
     let resp = app
         .post_with(
             "application/json",
@@ -119,11 +126,10 @@ async fn cloudevents_batch_is_accepted_in_order() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let batch = json!([
         cloudevent("b-1", "/shop/checkout"),
-        {
-            "specversion": "1.0", "id": "b-2", "source": "/shop/accounts",
-            "type": "user.signed_up.v1",
-            "data": {"user_id": "u-1", "email": "ada@example.com"}
-        }
+        Event::user_signed_up("u-1")
+            .id("b-2")
+            .source("/shop/accounts")
+            .cloudevent()
     ]);
     let resp = app
         .post("application/cloudevents-batch+json", batch.to_string())
@@ -145,10 +151,10 @@ async fn cloudevents_batch_is_accepted_in_order() {
 #[tokio::test]
 async fn json_array_of_native_events_is_a_batch() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let batch = json!([
-        order_paid("o-a"),
-        {"type": "user.signed_up", "version": "v1", "data": {"user_id": "u-2", "email": "bob@example.com"}},
-        order_paid("o-c"),
+    let batch = batch([
+        Event::order_paid("o-a"),
+        Event::user_signed_up("u-2").data_field("email", "bob@example.com"),
+        Event::order_paid("o-c"),
     ]);
     let resp = app.post_json(&batch).await;
     assert_eq!(resp.status().as_u16(), 202);
@@ -295,20 +301,11 @@ async fn idempotency_key_header_is_replayed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn same_key_while_first_is_committing_is_409() {
-    use sqlx::Connection as _;
-    let mut database_url = None;
-    let app = TestApp::spawn_with(Backend::Sqlite, |s| database_url = s.database_url.clone()).await;
-    let database_url = database_url.expect("sqlite url");
+    let app = TestApp::spawn(Backend::Sqlite).await;
 
     // Hold SQLite's write lock, so postbox's writer waits (busy timeout 5 s) inside its commit.
     // (Regression: with a deferred BEGIN, A's key lookup made it fail at once with SQLITE_BUSY.)
-    let mut locker = sqlx::SqliteConnection::connect(&database_url)
-        .await
-        .unwrap();
-    sqlx::query("begin immediate")
-        .execute(&mut locker)
-        .await
-        .unwrap();
+    let locker = SqliteLock::hold(&app.database_url, "immediate").await;
 
     let key = [("idempotency-key", "order-7-payment")];
     let body = order_paid("o-7").to_string();
@@ -347,7 +344,7 @@ async fn same_key_while_first_is_committing_is_409() {
         "A is still in its commit when B is refused"
     );
 
-    sqlx::query("rollback").execute(&mut locker).await.unwrap();
+    locker.release().await;
     let a = tokio::time::timeout(Duration::from_secs(8), a)
         .await
         .expect("A answers once the lock is gone")
@@ -383,7 +380,7 @@ async fn malformed_envelopes_are_400_with_pointers() {
     );
 
     let p = assert_problem(
-        app.post_json(&json!({"type": "order.paid", "data": {}}))
+        app.post_event(&Event::order_paid("").data(json!({})).without("version"))
             .await,
         400,
         "invalid-request",
@@ -391,9 +388,8 @@ async fn malformed_envelopes_are_400_with_pointers() {
     .await;
     assert_eq!(pointers(&p), vec!["/version"]);
 
-    let mut unknown_field = order_paid("o-1");
-    unknown_field["sujbect"] = json!("typo");
-    let p = assert_problem(app.post_json(&unknown_field).await, 400, "invalid-request").await;
+    let unknown_field = Event::order_paid("o-1").field("sujbect", "typo");
+    let p = assert_problem(app.post_event(&unknown_field).await, 400, "invalid-request").await;
     assert!(p["detail"].as_str().unwrap().contains("sujbect"), "{p}");
 
     let p = assert_problem(
@@ -437,7 +433,7 @@ async fn binary_mode_without_ce_id_is_400() {
                 ("ce-source", "/shop/binary"),
                 ("ce-type", "order.paid.v1"),
             ],
-            json!({"order_id": "o-1", "amount": 1, "currency": "EUR"}).to_string(),
+            Event::order_paid("o-1").amount(1).data_value().to_string(),
         )
         .await,
         400,
@@ -452,8 +448,14 @@ async fn batch_envelope_errors_point_at_their_item() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let batch = json!([
         paid("keep-0", "/shop/batch", "o-0"),
-        {"type": "order.paid", "data": {}},
-        {"specversion": "1.0", "source": "/s", "type": "order.paid.v1", "data": {}},
+        Event::order_paid("")
+            .data(json!({}))
+            .without("version")
+            .json(),
+        Event::order_paid("")
+            .data(json!({}))
+            .source("/s")
+            .cloudevent(),
     ]);
     let p = assert_problem(app.post_json(&batch).await, 400, "invalid-request").await;
     assert_eq!(pointers(&p), vec!["/1/version", "/2/id"]);
@@ -470,16 +472,14 @@ async fn batch_envelope_errors_point_at_their_item() {
 #[tokio::test]
 async fn unknown_type_or_version_is_422_naming_versions() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let mut e = order_paid("o-1");
-    e["version"] = json!("v9");
-    let p = assert_problem(app.post_json(&e).await, 422, "unknown-schema").await;
+    let e = Event::order_paid("o-1").version("v9");
+    let p = assert_problem(app.post_event(&e).await, 422, "unknown-schema").await;
     assert_eq!(p["available_versions"], json!(["v1", "v2"]));
     assert_eq!(pointers(&p), vec!["/version"]);
     assert!(p["detail"].as_str().unwrap().contains("v9"), "{p}");
 
-    let mut e = order_paid("o-1");
-    e["type"] = json!("order.refunded");
-    let p = assert_problem(app.post_json(&e).await, 422, "unknown-schema").await;
+    let e = Event::order_paid("o-1").ty("order.refunded");
+    let p = assert_problem(app.post_event(&e).await, 422, "unknown-schema").await;
     assert_eq!(p["available_versions"], json!([]));
     assert_eq!(pointers(&p), vec!["/type"]);
 }
@@ -487,9 +487,8 @@ async fn unknown_type_or_version_is_422_naming_versions() {
 #[tokio::test]
 async fn schema_violations_are_422_listing_every_error() {
     let app = TestApp::spawn(Backend::Sqlite).await;
-    let e =
-        json!({"type": "order.paid", "version": "v1", "data": {"order_id": "o-1", "amount": -5}});
-    let p = assert_problem(app.post_json(&e).await, 422, "schema-violation").await;
+    let e = Event::order_paid("o-1").amount(-5).data_without("currency");
+    let p = assert_problem(app.post_event(&e).await, 422, "schema-violation").await;
     let mut got = pointers(&p);
     got.sort();
     assert_eq!(got, vec!["/data", "/data/amount"], "{p}");
@@ -507,10 +506,15 @@ async fn batch_schema_violation_stores_nothing() {
     let app = TestApp::spawn(Backend::Sqlite).await;
     let batch = json!([
         paid("keep-1", "/shop/batch", "o-1"),
-        {"type": "order.paid", "version": "v1", "id": "bad-1", "source": "/shop/batch",
-         "data": {"order_id": "o-2", "amount": "ten", "currency": "EUR"}},
-        {"type": "order.paid", "version": "v1",
-         "data": {"order_id": "o-3", "amount": 1, "currency": "euro"}},
+        Event::order_paid("o-2")
+            .id("bad-1")
+            .source("/shop/batch")
+            .amount("ten")
+            .json(),
+        Event::order_paid("o-3")
+            .amount(1)
+            .data_field("currency", "euro")
+            .json(),
     ]);
     let p = assert_problem(app.post_json(&batch).await, 422, "schema-violation").await;
     assert_eq!(
@@ -557,18 +561,10 @@ async fn wrong_or_missing_content_type_is_415() {
 // ---------------------------------------------------------------------------------------------
 // 413
 
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
-    enc.write_all(bytes).expect("gzip");
-    enc.finish().expect("gzip")
-}
-
 #[tokio::test]
 async fn body_over_the_limit_is_413_also_after_decompression() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.max_body_bytes = Some(1024)).await;
-    let big = json!({"type": "order.paid", "version": "v1",
-        "data": {"order_id": "x".repeat(2000), "amount": 1, "currency": "EUR"}})
-    .to_string();
+    let big = Event::order_paid(&"x".repeat(2000)).amount(1).body();
     let p = assert_problem(
         app.post("application/json", big.clone()).await,
         413,
@@ -632,8 +628,8 @@ async fn schemas_are_listed_and_served() {
     assert_eq!(
         list,
         json!({"schemas": [
-            {"type": "order.paid", "versions": ["v1", "v2"]},
-            {"type": "user.signed_up", "versions": ["v1"]},
+            {"type": "order.paid", "versions": ["v1", "v2"], "compatibility": "BACKWARD"},
+            {"type": "user.signed_up", "versions": ["v1"], "compatibility": "BACKWARD"},
         ]})
     );
 
@@ -668,11 +664,8 @@ async fn schemas_are_listed_and_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn unreachable_outbox_is_503_never_202_and_recovers() {
-    let mut database_url = None;
-    let app =
-        TestApp::spawn_with(Backend::Postgres, |s| database_url = s.database_url.clone()).await;
-    let database_url = database_url.expect("postgres url");
-    let db = database_url.rsplit('/').next().unwrap().to_owned();
+    let app = TestApp::spawn(Backend::Postgres).await;
+    let db = app.database_url.rsplit('/').next().unwrap().to_owned();
     assert!(db.starts_with("postbox_test_"), "{db}");
     let event = paid("outage-1", "/shop/outage", "o-1");
 
@@ -683,11 +676,7 @@ async fn unreachable_outbox_is_503_never_202_and_recovers() {
     );
 
     pg_admin(format!("alter database {db} allow_connections false")).await;
-    pg_admin(format!(
-        "select pg_terminate_backend(pid) from pg_stat_activity \
-         where datname = '{db}' and pid <> pg_backend_pid()"
-    ))
-    .await;
+    pg_terminate(&db, None).await;
 
     let resp = tokio::time::timeout(Duration::from_secs(15), app.post_json(&event))
         .await

@@ -5,19 +5,13 @@
 //! counted (at most one per key: a key has one event in flight at a time).
 
 use std::{
-    collections::{HashMap, HashSet},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    collections::HashSet,
     time::{Duration, Instant},
 };
 
-use serde_json::json;
-
 use crate::helpers::{
-    AMQP_URL, ProcApp, SwitchableProxy, TestQueue, fresh_pg_database, message_id, metric_value,
-    proc_env, unique,
+    AMQP_URL, Answer, Event, Exchange, Load, PgDatabase, ProcApp, ProcEnv, Proxy, TestQueue,
+    message_id, metric_value, pg_terminate, unique,
 };
 
 const INSTANCES: usize = 3;
@@ -28,16 +22,12 @@ const KILL_AFTER: usize = 900;
 /// The instance that is killed.
 const VICTIM: usize = 1;
 
-async fn metric(app: &ProcApp, series: &str) -> f64 {
-    metric_value(&app.metrics().await, series).unwrap_or(0.0)
-}
-
 /// Partitions owned by each app (`None` for a dead one).
 async fn owned(apps: &[ProcApp], alive: &[bool]) -> Vec<Option<f64>> {
     let mut out = Vec::new();
     for (app, alive) in apps.iter().zip(alive) {
         out.push(if *alive {
-            Some(metric(app, "postbox_partitions_owned").await)
+            Some(app.metric("postbox_partitions_owned").await)
         } else {
             None
         });
@@ -66,239 +56,62 @@ async fn until_balanced(apps: &[ProcApp], alive: &[bool], within: Duration) -> D
     }
 }
 
-struct KeyRun {
-    /// Ids answered 202, in the order the answers were received.
-    accepted: Vec<String>,
-    conn_errors: usize,
-    other: Vec<(String, u16)>,
-}
-
-/// How a keyed load runs: `bases` to post to (those marked `dead` are skipped), at most
-/// `per_key` events per key, `pace` between a key's events, until `stop` is set.
-#[derive(Clone)]
-struct KeyLoad {
-    prefix: String,
-    bases: Arc<Vec<String>>,
-    dead: Arc<Vec<AtomicBool>>,
-    answered: Arc<AtomicUsize>,
-    per_key: usize,
-    pace: Duration,
-    stop: Arc<AtomicBool>,
-}
-
-impl KeyLoad {
-    fn new(prefix: &str, bases: Vec<String>, per_key: usize) -> KeyLoad {
-        KeyLoad {
-            prefix: prefix.to_owned(),
-            dead: Arc::new(bases.iter().map(|_| AtomicBool::new(false)).collect()),
-            bases: Arc::new(bases),
-            answered: Arc::new(AtomicUsize::new(0)),
-            per_key,
-            pace: Duration::ZERO,
-            stop: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// One task per key.
-    fn start(&self, keys: usize) -> Vec<tokio::task::JoinHandle<KeyRun>> {
-        (0..keys)
-            .map(|k| tokio::spawn(post_key(k, self.clone())))
-            .collect()
-    }
-}
-
-/// Post the events of key `k` one after the other, round-robin over the live instances.
-async fn post_key(k: usize, load: KeyLoad) -> KeyRun {
-    let KeyLoad {
-        prefix,
-        bases,
-        dead,
-        answered,
-        per_key,
-        pace,
-        stop,
-    } = load;
-    let n = bases.len();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .expect("client");
-    let mut run = KeyRun {
-        accepted: Vec::new(),
-        conn_errors: 0,
-        other: Vec::new(),
-    };
-    for j in 0..per_key {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let id = format!("{prefix}-k{k:02}-{j:03}");
-        let target = (0..n)
-            .map(|d| (k + j + d) % n)
-            .find(|i| !dead[*i].load(Ordering::SeqCst))
-            .expect("an instance is alive");
-        let body = json!({
-            "type": "order.paid", "version": "v1", "id": id, "source": "/test/instances",
-            "key": format!("{prefix}-key-{k:02}"),
-            "data": {"order_id": id, "amount": 1, "currency": "EUR"},
-        });
-        let sent = client
-            .post(format!("{}/v1/events", bases[target]))
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status().as_u16() == 202 => {
-                // A 202 whose body was cut off is not an answer.
-                if r.bytes().await.is_ok() {
-                    run.accepted.push(id);
-                } else {
-                    dead[target].store(true, Ordering::SeqCst);
-                    run.conn_errors += 1;
-                }
-            }
-            Ok(r) => run.other.push((id, r.status().as_u16())),
-            Err(_) => {
-                // Only the killed instance stops answering; it may have committed this event.
-                dead[target].store(true, Ordering::SeqCst);
-                run.conn_errors += 1;
-            }
-        }
-        answered.fetch_add(1, Ordering::SeqCst);
-        if !pace.is_zero() {
-            tokio::time::sleep(pace).await;
-        }
-    }
-    run
-}
-
-/// What a keyed load delivered: per key the ids in order of first arrival, and per id how many
-/// times it arrived.
-struct Collected {
-    first_seen: HashMap<usize, Vec<String>>,
-    count: HashMap<String, usize>,
-    /// Accepted ids that never arrived.
-    missing: usize,
-    /// When the last accepted id arrived.
-    all_at: Option<Instant>,
-}
-
-/// Consume until every accepted id has arrived (or `until`), then whatever else comes within a
-/// second.
-async fn collect_keyed(
-    q: &mut TestQueue,
-    prefix: &str,
-    accepted: &HashSet<String>,
-    until: Instant,
-) -> Collected {
-    let mut c = Collected {
-        first_seen: HashMap::new(),
-        count: HashMap::new(),
-        missing: accepted.len(),
-        all_at: None,
-    };
-    loop {
-        let wait = if c.missing == 0 {
-            Duration::from_secs(1)
-        } else {
-            until
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_secs(1))
-        };
-        let Some(d) = q.next(wait).await else {
-            if c.missing == 0 || Instant::now() >= until {
-                return c;
-            }
-            continue;
-        };
-        let id = message_id(&d);
-        let n = c.count.entry(id.clone()).or_default();
-        *n += 1;
-        if *n == 1 {
-            let k: usize = id
-                .strip_prefix(&format!("{prefix}-k"))
-                .and_then(|rest| rest.get(..2))
-                .and_then(|k| k.parse().ok())
-                .unwrap_or_else(|| panic!("a message that was never sent: {id}"));
-            c.first_seen.entry(k).or_default().push(id.clone());
-            if accepted.contains(&id) {
-                c.missing -= 1;
-                if c.missing == 0 {
-                    c.all_at = Some(Instant::now());
-                }
-            }
-        }
-    }
-}
-
-/// Per key, the first arrivals of the accepted ids are in the order of their 202s.
-#[track_caller]
-fn assert_key_order(runs: &[KeyRun], c: &Collected, accepted: &HashSet<String>) {
-    for (k, run) in runs.iter().enumerate() {
-        let arrived: Vec<&String> = c
-            .first_seen
-            .get(&k)
-            .map(|ids| ids.iter().filter(|id| accepted.contains(*id)).collect())
-            .unwrap_or_default();
-        let want: Vec<&String> = run.accepted.iter().collect();
-        assert_eq!(arrived, want, "key {k} arrived out of order");
-    }
+/// POST one event to `app`, assert 202, return its id.
+async fn post_ok(app: &ProcApp, event: Event) -> String {
+    let r = app.post_event(&event).await;
+    assert_eq!(r.status().as_u16(), 202);
+    event.json()["id"].as_str().expect("id").to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_partitions_and_take_over_a_killed_one() {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_pg_database().await;
-    let exchange = unique("instances");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("instances");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
-    let vars = proc_env(&database_url, AMQP_URL, &exchange);
+    let env = ProcEnv::new(&db.url(), AMQP_URL, &exchange);
     let mut apps = Vec::new();
     for i in 0..INSTANCES {
-        apps.push(ProcApp::spawn(&vars, &dir.path().join(format!("postbox-{i}.log"))).await);
+        apps.push(ProcApp::spawn(&env, &dir.path().join(format!("postbox-{i}.log"))).await);
     }
     let mut alive = vec![true; INSTANCES];
     let balanced_in = until_balanced(&apps, &alive, Duration::from_secs(15)).await;
     for app in &apps {
-        assert_eq!(metric(app, "postbox_instances").await, 3.0);
+        assert_eq!(app.metric("postbox_instances").await, 3.0);
     }
 
     let prefix = unique("inst");
-    let spec = KeyLoad::new(
-        &prefix,
-        apps.iter().map(|a| a.base.clone()).collect(),
-        PER_KEY,
-    );
-    let answered = spec.answered.clone();
-    let load = spec.start(KEYS);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while answered.load(Ordering::SeqCst) < KILL_AFTER {
-        assert!(Instant::now() < deadline, "load too slow");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let load = Load::across(apps.iter().map(|a| a.base.clone()).collect(), &prefix)
+        .source("/test/instances")
+        .keyed(KEYS, PER_KEY)
+        .failover()
+        .spawn();
+    load.until_answered(KILL_AFTER, Duration::from_secs(60), &apps[0])
+        .await;
     // Every instance has published its share of the events before the kill.
     let mut published_before = Vec::new();
     for app in &apps {
-        published_before.push(metric(app, "postbox_published_total").await);
+        published_before.push(app.metric("postbox_published_total").await);
     }
     apps[VICTIM].kill9();
     let killed_at = Instant::now();
     alive[VICTIM] = false;
     let takeover = until_balanced(&apps, &alive, Duration::from_secs(10)).await;
 
-    let mut runs = Vec::new();
-    for h in load {
-        runs.push(h.await.expect("load task"));
-    }
+    let t = load.finish().await;
     let load_done_after = killed_at.elapsed();
-    let accepted: HashSet<String> = runs.iter().flat_map(|r| r.accepted.clone()).collect();
-    let accepted_n: usize = runs.iter().map(|r| r.accepted.len()).sum();
-    let conn_errors: usize = runs.iter().map(|r| r.conn_errors).sum();
-    let other: Vec<&(String, u16)> = runs.iter().flat_map(|r| &r.other).collect();
+    let accepted = &t.accepted;
+    let accepted_n = t
+        .shots
+        .iter()
+        .filter(|s| s.answer == Answer::Accepted)
+        .count();
+    let conn_errors = t.conn_errors;
     assert!(
-        other.is_empty(),
-        "only 202s and connection errors: {other:?}"
+        t.statuses.is_empty(),
+        "only 202s and connection errors: {:?}",
+        t.statuses
     );
     assert_eq!(accepted.len(), accepted_n, "an id was answered twice");
     assert_eq!(accepted_n + conn_errors, KEYS * PER_KEY);
@@ -307,23 +120,24 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
         "the kill came too late: every request was answered"
     );
 
-    let c = collect_keyed(
-        &mut q,
-        &prefix,
-        &accepted,
-        killed_at + Duration::from_secs(30),
-    )
-    .await;
-    let (count, missing) = (&c.count, c.missing);
+    let c = q
+        .collect(
+            accepted,
+            (killed_at + Duration::from_secs(30)).saturating_duration_since(Instant::now()),
+            Duration::from_secs(1),
+        )
+        .await;
+    c.assert_all_from(&prefix);
+    let (count, missing) = (&c.count, c.missing.len());
     let delivered_all_after = c.all_at.map(|t| t.duration_since(killed_at));
-    let distinct = count.len();
-    let messages: usize = count.values().sum();
-    let duplicates = messages - distinct;
-    let without_202 = count.keys().filter(|id| !accepted.contains(*id)).count();
+    let distinct = c.distinct();
+    let messages = c.messages();
+    let duplicates = c.duplicates();
+    let without_202 = c.not_in(accepted);
     let mut published_after = Vec::new();
     for (app, alive) in apps.iter().zip(&alive) {
         published_after.push(if *alive {
-            Some(metric(app, "postbox_published_total").await)
+            Some(app.metric("postbox_published_total").await)
         } else {
             None
         });
@@ -331,7 +145,7 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
     let mut takeover_rows = Vec::new();
     for (app, alive) in apps.iter().zip(&alive) {
         if *alive {
-            takeover_rows.push(metric(app, "postbox_partition_takeover_rows_total").await);
+            takeover_rows.push(app.metric("postbox_partition_takeover_rows_total").await);
         }
     }
     eprintln!(
@@ -377,7 +191,7 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
         duplicates as f64 <= released,
         "{duplicates} duplicates, but only {released} leases were taken over"
     );
-    assert_key_order(&runs, &c, &accepted);
+    t.assert_key_order(&c);
     for (i, n) in published_before.iter().enumerate() {
         assert!(*n > 0.0, "instance {i} published nothing before the kill");
     }
@@ -402,34 +216,18 @@ async fn instances_share_partitions_and_take_over_a_killed_one() {
 async fn instances_reacquire_partitions_after_losing_the_ownership_connection() {
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_pg_database().await;
-    let db = database_url
-        .rsplit('/')
-        .next()
-        .expect("database name")
-        .to_owned();
-    let exchange = unique("owner-lost");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("owner-lost");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
     let app = ProcApp::spawn(
-        &proc_env(&database_url, AMQP_URL, &exchange),
+        &ProcEnv::new(&db.url(), AMQP_URL, &exchange),
         &dir.path().join("postbox.log"),
     )
     .await;
     let alive = [true];
     until_balanced(std::slice::from_ref(&app), &alive, Duration::from_secs(10)).await;
 
-    let admin = sqlx::PgPool::connect(crate::helpers::PG_ADMIN_URL)
-        .await
-        .expect("PostgreSQL");
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "select pg_terminate_backend(pid) from pg_stat_activity \
-         where datname = $1 and application_name = 'postbox-partition-owner'",
-    )
-    .bind(&db)
-    .fetch_all(&admin)
-    .await
-    .expect("terminate");
-    admin.close().await;
+    let terminated = pg_terminate(db.name(), Some("postbox-partition-owner")).await;
     assert_eq!(
         terminated,
         vec![true],
@@ -437,27 +235,12 @@ async fn instances_reacquire_partitions_after_losing_the_ownership_connection() 
     );
     let cut_at = Instant::now();
     let post = |i: usize| {
-        let app = &app;
-        async move {
-            let id = format!("lost-{i:03}");
-            let r = app
-                .client
-                .post(app.url("/v1/events"))
-                .header("content-type", "application/json")
-                .body(
-                    json!({
-                        "type": "order.paid", "version": "v1", "id": id, "source": "/test/lost",
-                        "key": format!("k{}", i % 7),
-                        "data": {"order_id": id, "amount": 1, "currency": "EUR"},
-                    })
-                    .to_string(),
-                )
-                .send()
-                .await
-                .expect("POST");
-            assert_eq!(r.status().as_u16(), 202);
-            id
-        }
+        let id = format!("lost-{i:03}");
+        let event = Event::order_paid(&id)
+            .id(&id)
+            .source("/test/lost")
+            .key(&format!("k{}", i % 7));
+        post_ok(&app, event)
     };
     let mut ids = HashSet::new();
     for i in 0..50 {
@@ -517,31 +300,33 @@ async fn instances_hand_partitions_over_under_load_without_duplicates() {
     const KEYS: usize = 20;
     let started = Instant::now();
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_pg_database().await;
-    let exchange = unique("handover");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("handover");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
-    let vars = proc_env(&database_url, AMQP_URL, &exchange);
+    let env = ProcEnv::new(&db.url(), AMQP_URL, &exchange);
     let log = |i: usize| dir.path().join(format!("postbox-{i}.log"));
     let mut apps = vec![
-        ProcApp::spawn(&vars, &log(0)).await,
-        ProcApp::spawn(&vars, &log(1)).await,
+        ProcApp::spawn(&env, &log(0)).await,
+        ProcApp::spawn(&env, &log(1)).await,
     ];
     until_balanced(&apps, &[true, true], Duration::from_secs(15)).await;
 
     // The load goes to the first two; the third only publishes.
     let prefix = unique("hand");
-    let mut spec = KeyLoad::new(&prefix, apps.iter().map(|a| a.base.clone()).collect(), 999);
-    spec.pace = Duration::from_millis(10);
-    let (answered, stop, dead) = (spec.answered.clone(), spec.stop.clone(), spec.dead.clone());
-    let load = spec.start(KEYS);
+    let load = Load::across(apps.iter().map(|a| a.base.clone()).collect(), &prefix)
+        .source("/test/instances")
+        .keyed(KEYS, 999)
+        .pace(Duration::from_millis(10))
+        .failover()
+        .spawn();
     tokio::time::sleep(Duration::from_millis(700)).await;
-    apps.push(ProcApp::spawn(&vars, &log(2)).await);
+    apps.push(ProcApp::spawn(&env, &log(2)).await);
     let joined = until_balanced(&apps, &[true, true, true], Duration::from_secs(15)).await;
-    let at_join = answered.load(Ordering::SeqCst);
+    let at_join = load.answered();
     tokio::time::sleep(Duration::from_millis(700)).await;
 
     // Instance 0 leaves: no new requests to it, then SIGTERM.
-    dead[0].store(true, Ordering::SeqCst);
+    load.mark_dead(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     apps[0].term();
     let status = apps[0].wait_exit(Duration::from_secs(15)).await;
@@ -553,29 +338,27 @@ async fn instances_hand_partitions_over_under_load_without_duplicates() {
     );
     let left = until_balanced(&apps, &[false, true, true], Duration::from_secs(10)).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut runs = Vec::new();
-    for h in load {
-        runs.push(h.await.expect("load task"));
-    }
-    let accepted: HashSet<String> = runs.iter().flat_map(|r| r.accepted.clone()).collect();
-    let accepted_n: usize = runs.iter().map(|r| r.accepted.len()).sum();
-    let conn_errors: usize = runs.iter().map(|r| r.conn_errors).sum();
-    let other: Vec<&(String, u16)> = runs.iter().flat_map(|r| &r.other).collect();
+    load.stop();
+    let t = load.finish().await;
+    let accepted = &t.accepted;
+    let accepted_n = t
+        .shots
+        .iter()
+        .filter(|s| s.answer == Answer::Accepted)
+        .count();
+    let conn_errors = t.conn_errors;
     assert!(
-        other.is_empty() && conn_errors == 0,
-        "every POST answered 202: {other:?}, {conn_errors} connection errors"
+        t.statuses.is_empty() && conn_errors == 0,
+        "every POST answered 202: {:?}, {conn_errors} connection errors",
+        t.statuses
     );
     assert_eq!(accepted.len(), accepted_n);
 
-    let c = collect_keyed(
-        &mut q,
-        &prefix,
-        &accepted,
-        Instant::now() + Duration::from_secs(20),
-    )
-    .await;
-    let messages: usize = c.count.values().sum();
+    let c = q
+        .collect(accepted, Duration::from_secs(20), Duration::from_secs(1))
+        .await;
+    c.assert_all_from(&prefix);
+    let messages = c.messages();
     let mut released = 0.0;
     let mut taken_over = 0.0;
     let mut published = Vec::new();
@@ -594,13 +377,13 @@ async fn instances_hand_partitions_over_under_load_without_duplicates() {
         joined.as_secs_f64(),
         left.as_secs_f64(),
         c.count.len(),
-        c.missing,
+        c.missing.len(),
         started.elapsed().as_secs_f64()
     );
-    assert_eq!(c.missing, 0, "every 202 arrived");
+    assert_eq!(c.missing.len(), 0, "every 202 arrived");
     assert_eq!(c.count.len(), accepted_n, "nothing that was not accepted");
     assert_eq!(messages, accepted_n, "nothing published twice");
-    assert_key_order(&runs, &c, &accepted);
+    t.assert_key_order(&c);
     assert!(
         released > 0.0,
         "instance 1 handed partitions to the newcomer"
@@ -617,15 +400,13 @@ async fn instances_hand_partitions_over_under_load_without_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_wake_each_other_after_commits() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_pg_database().await;
-    let exchange = unique("wake");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("wake");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
-    let mut vars = proc_env(&database_url, AMQP_URL, &exchange);
-    vars.retain(|(k, _)| k != "POSTBOX_POLL_MS");
-    vars.push(("POSTBOX_POLL_MS".into(), "10000".into()));
+    let env = ProcEnv::new(&db.url(), AMQP_URL, &exchange).set("POSTBOX_POLL_MS", 10000);
     let apps = vec![
-        ProcApp::spawn(&vars, &dir.path().join("postbox-0.log")).await,
-        ProcApp::spawn(&vars, &dir.path().join("postbox-1.log")).await,
+        ProcApp::spawn(&env, &dir.path().join("postbox-0.log")).await,
+        ProcApp::spawn(&env, &dir.path().join("postbox-1.log")).await,
     ];
     until_balanced(&apps, &[true, true], Duration::from_secs(15)).await;
     // Let both relays go back to sleep on their 10 s poll.
@@ -636,22 +417,13 @@ async fn instances_wake_each_other_after_commits() {
     let mut ids = HashSet::new();
     for i in 0..40 {
         let id = format!("{prefix}-{i:02}");
-        let r = apps[0]
-            .client
-            .post(apps[0].url("/v1/events"))
-            .header("content-type", "application/json")
-            .body(
-                json!({
-                    "type": "order.paid", "version": "v1", "id": id, "source": "/test/wake",
-                    "data": {"order_id": id, "amount": 1, "currency": "EUR"},
-                })
-                .to_string(),
+        ids.insert(
+            post_ok(
+                &apps[0],
+                Event::order_paid(&id).id(&id).source("/test/wake"),
             )
-            .send()
-            .await
-            .expect("POST");
-        assert_eq!(r.status().as_u16(), 202);
-        ids.insert(id);
+            .await,
+        );
     }
     let got: HashSet<String> = q
         .take(40, Duration::from_secs(3))
@@ -660,7 +432,7 @@ async fn instances_wake_each_other_after_commits() {
         .map(message_id)
         .collect();
     let took = posted.elapsed();
-    let by_other = metric(&apps[1], "postbox_published_total").await;
+    let by_other = apps[1].metric("postbox_published_total").await;
     eprintln!(
         "[instances] wake: 40 events posted to one instance, delivered in {:.2} s with 10 s \
          polling; published by the other instance {by_other}",
@@ -677,19 +449,18 @@ async fn instances_wake_each_other_after_commits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_without_the_broker_hand_their_partitions_over() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let database_url = fresh_pg_database().await;
-    let exchange = unique("nobroker");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("nobroker");
     let mut q = TestQueue::bind(&exchange, "events.#").await;
-    let proxy = SwitchableProxy::reserve();
-    proxy.start().await;
+    let proxy = Proxy::rabbitmq().await;
     let apps = vec![
         ProcApp::spawn(
-            &proc_env(&database_url, &proxy.amqp_url(), &exchange),
+            &ProcEnv::new(&db.url(), &proxy.amqp_url(), &exchange),
             &dir.path().join("postbox-0.log"),
         )
         .await,
         ProcApp::spawn(
-            &proc_env(&database_url, AMQP_URL, &exchange),
+            &ProcEnv::new(&db.url(), AMQP_URL, &exchange),
             &dir.path().join("postbox-1.log"),
         )
         .await,
@@ -698,26 +469,11 @@ async fn instances_without_the_broker_hand_their_partitions_over() {
 
     let prefix = unique("nobroker");
     let post = |i: usize| {
-        let app = &apps[0];
         let id = format!("{prefix}-{i:02}");
-        async move {
-            let r = app
-                .client
-                .post(app.url("/v1/events"))
-                .header("content-type", "application/json")
-                .body(
-                    json!({
-                        "type": "order.paid", "version": "v1", "id": id, "source": "/test/nobroker",
-                        "data": {"order_id": id, "amount": 1, "currency": "EUR"},
-                    })
-                    .to_string(),
-                )
-                .send()
-                .await
-                .expect("POST");
-            assert_eq!(r.status().as_u16(), 202);
-            id
-        }
+        post_ok(
+            &apps[0],
+            Event::order_paid(&id).id(&id).source("/test/nobroker"),
+        )
     };
     proxy.cut().await;
     let cut_at = Instant::now();
@@ -736,7 +492,7 @@ async fn instances_without_the_broker_hand_their_partitions_over() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let handed_after = cut_at.elapsed();
-    assert_eq!(metric(&apps[1], "postbox_instances").await, 1.0);
+    assert_eq!(apps[1].metric("postbox_instances").await, 1.0);
     let first: HashSet<String> = q
         .take(30, Duration::from_secs(5))
         .await
@@ -745,10 +501,10 @@ async fn instances_without_the_broker_hand_their_partitions_over() {
         .collect();
     let delivered_after = cut_at.elapsed();
     assert_eq!(first, ids);
-    assert_eq!(metric(&apps[0], "postbox_published_total").await, 0.0);
+    assert_eq!(apps[0].metric("postbox_published_total").await, 0.0);
 
     // RabbitMQ is back for instance 0: it takes its share again and publishes.
-    proxy.start().await;
+    proxy.listen().await;
     let rebalanced = until_balanced(&apps, &[true, true], Duration::from_secs(20)).await;
     let mut more = HashSet::new();
     for i in 30..60 {
@@ -761,7 +517,7 @@ async fn instances_without_the_broker_hand_their_partitions_over() {
         .map(message_id)
         .collect();
     let extra = q.drain(Duration::from_millis(500)).await.len();
-    let by_first = metric(&apps[0], "postbox_published_total").await;
+    let by_first = apps[0].metric("postbox_published_total").await;
     eprintln!(
         "[instances] broker cut for one instance: it handed its partitions over after {:.1} s, \
          its 30 events delivered {:.1} s after the cut; back in balance {:.1} s after the broker \
@@ -774,4 +530,104 @@ async fn instances_without_the_broker_hand_their_partitions_over() {
     assert_eq!(second, more);
     assert_eq!(extra, 0, "nothing published twice");
     assert!(by_first > 0.0, "instance 0 publishes again");
+}
+
+/// A frozen instance (SIGSTOP: alive to TCP, not running) keeps its PostgreSQL session, so
+/// session locks alone kept its partitions stalled for as long as it was frozen. With leases
+/// the others take its partitions within 10 s; when it runs again it notices before it
+/// publishes (its leases are gone, claims are fenced by their epoch), and every 202'd id is
+/// delivered, per key in order; duplicates (a publish already on its way when it froze) are
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_take_over_a_frozen_one_and_it_notices_when_it_runs_again() {
+    const FROZEN: usize = 2;
+    const FREEZE: Duration = Duration::from_secs(15);
+    let started = Instant::now();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = PgDatabase::create().await;
+    let exchange = Exchange::new("frozen");
+    let mut q = TestQueue::bind(&exchange, "events.#").await;
+    let env = ProcEnv::new(&db.url(), AMQP_URL, &exchange);
+    let mut apps = Vec::new();
+    for i in 0..INSTANCES {
+        apps.push(ProcApp::spawn(&env, &dir.path().join(format!("postbox-{i}.log"))).await);
+    }
+    let mut alive = vec![true; INSTANCES];
+    until_balanced(&apps, &alive, Duration::from_secs(15)).await;
+
+    let prefix = unique("frozen");
+    let load = Load::across(apps.iter().map(|a| a.base.clone()).collect(), &prefix)
+        .source("/test/frozen")
+        .keyed(20, 60)
+        .failover()
+        .timeout(Duration::from_secs(2))
+        .spawn();
+    load.until_answered(300, Duration::from_secs(60), &apps[0])
+        .await;
+    let signal = |sig: &str, pid: u32| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    };
+    signal("-STOP", apps[FROZEN].pid());
+    let frozen_at = Instant::now();
+    alive[FROZEN] = false;
+    let takeover = until_balanced(&apps, &alive, Duration::from_secs(10)).await;
+    tokio::time::sleep(FREEZE.saturating_sub(frozen_at.elapsed())).await;
+    signal("-CONT", apps[FROZEN].pid());
+    let resumed_at = Instant::now();
+    alive[FROZEN] = true;
+    let rebalanced = until_balanced(&apps, &alive, Duration::from_secs(20)).await;
+    let t = load.finish().await;
+    assert!(
+        t.statuses.is_empty(),
+        "only 202s and timeouts: {:?}",
+        t.statuses
+    );
+    let c = q
+        .collect(&t.accepted, Duration::from_secs(30), Duration::from_secs(1))
+        .await;
+    c.assert_all_from(&prefix);
+    // It notices at its first round after SIGCONT: either the renewal finds its leases gone,
+    // or a statement of its round that was waiting when it froze times out at once and the
+    // round gives everything up (then it takes a fresh share).
+    let lost = apps[FROZEN].metric("postbox_partitions_lost_total").await
+        + apps[FROZEN]
+            .metric("postbox_partition_ownership_lost_total")
+            .await;
+    let stale = metric_value(
+        &apps[FROZEN].metrics().await,
+        "postbox_stale_batches_dropped_total",
+    );
+    eprintln!(
+        "[instances] SIGSTOP of 1 of {INSTANCES} for {} s under a keyed load: the others own all \
+         partitions {:.2} s after the stop; after SIGCONT it noticed (leases or ownership lost \
+         {lost}, stale batches not sent {stale:?}) and the shares were even again {:.2} s later; 202 {}, \
+         timeouts/connection errors {}; delivered {} distinct in {} messages, duplicates {}, \
+         without a 202 {}, missing {}; {:.1} s",
+        FREEZE.as_secs(),
+        takeover.as_secs_f64(),
+        rebalanced.as_secs_f64(),
+        t.accepted.len(),
+        t.conn_errors,
+        c.distinct(),
+        c.messages(),
+        c.duplicates(),
+        c.not_in(&t.accepted),
+        c.missing.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = resumed_at;
+    c.assert_none_missing(&apps[0].log_tail(30));
+    t.assert_key_order(&c);
+    assert!(
+        takeover < Duration::from_secs(10),
+        "the frozen instance's partitions waited {takeover:?}"
+    );
+    assert!(
+        lost > 0.0,
+        "the resumed instance did not notice that its leases were taken"
+    );
 }

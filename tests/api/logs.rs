@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::helpers::{ProcApp, metric_value, proc_env, unique};
+use crate::helpers::{AMQP_URL, Event, Exchange, ProcApp, ProcEnv, metric_value, sqlite_url};
 
 /// In every body below, never in what postbox may quote back.
 const MARKER: &str = "PAYLOAD-MARKER-7f3a";
@@ -12,10 +12,10 @@ const MARKER: &str = "PAYLOAD-MARKER-7f3a";
 #[tokio::test]
 async fn every_rejected_request_is_logged_once_without_its_payload() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let db = format!("sqlite://{}", dir.path().join("outbox.db").display());
     let log = dir.path().join("postbox.log");
-    let vars = proc_env(&db, crate::helpers::AMQP_URL, &unique("test-events"));
-    let app = ProcApp::spawn(&vars, &log).await;
+    let exchange = Exchange::new("events");
+    let env = ProcEnv::new(&sqlite_url(dir.path()), AMQP_URL, &exchange);
+    let app = ProcApp::spawn(&env, &log).await;
 
     let post = |ct: &'static str, body: String| {
         let req = app
@@ -44,9 +44,10 @@ async fn every_rejected_request_is_logged_once_without_its_payload() {
             // `currency` is missing; the violation names the field, not the values.
             post(
                 "application/json",
-                format!(
-                    r#"{{"type":"order.paid","version":"v1","data":{{"order_id":"{MARKER}","amount":1}}}}"#
-                ),
+                Event::order_paid(MARKER)
+                    .amount(1)
+                    .data_without("currency")
+                    .body(),
             )
             .await,
             422,

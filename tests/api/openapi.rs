@@ -63,6 +63,8 @@ fn document_lists_every_endpoint() {
         ("/v1/events/{id}", "get"),
         ("/v1/schemas", "get"),
         ("/v1/schemas/{type}/{version}", "get"),
+        ("/v1/schemas/{type}/{version}/validate", "post"),
+        ("/v1/stats", "get"),
         ("/healthz", "get"),
         ("/readyz", "get"),
         ("/metrics", "get"),

@@ -6,12 +6,13 @@ use serde_json::{Value, json};
 
 use crate::helpers::*;
 
-fn keyed(event_type: &str, id: &str, key: &str) -> Value {
-    let data = match event_type {
-        "user.signed_up" => json!({"user_id": id, "email": "a@example.com"}),
-        _ => json!({"order_id": id, "amount": 1, "currency": "EUR"}),
+/// An event of `event_type` (`order.paid` or `user.signed_up`) with this id and key.
+fn keyed(event_type: &str, id: &str, key: &str) -> Event {
+    let event = match event_type {
+        "user.signed_up" => Event::user_signed_up(id),
+        _ => Event::order_paid(id),
     };
-    json!({"type": event_type, "version": "v1", "id": id, "source": "/test/ordering", "key": key, "data": data})
+    event.id(id).source("/test/ordering").key(key)
 }
 
 async fn ordering_holds_back_only_its_own_key(backend: Backend) {
@@ -23,12 +24,11 @@ async fn ordering_holds_back_only_its_own_key(backend: Backend) {
     .await;
     let mut q = TestQueue::bind(&app.exchange, "events.order.paid.#").await;
     // k1: the first event cannot be routed yet, so k1's second event must wait behind it.
-    app.post_accepted(&keyed("user.signed_up", "k1-a", "k1"))
-        .await;
-    app.post_accepted(&keyed("order.paid", "k1-b", "k1")).await;
+    app.accept(&keyed("user.signed_up", "k1-a", "k1")).await;
+    app.accept(&keyed("order.paid", "k1-b", "k1")).await;
     // k2 is independent and must flow.
-    app.post_accepted(&keyed("order.paid", "k2-a", "k2")).await;
-    app.post_accepted(&keyed("order.paid", "k2-b", "k2")).await;
+    app.accept(&keyed("order.paid", "k2-a", "k2")).await;
+    app.accept(&keyed("order.paid", "k2-b", "k2")).await;
     let got = q.take(2, Duration::from_secs(10)).await;
     assert_eq!(
         got.iter().map(message_id).collect::<Vec<_>>(),
@@ -72,10 +72,9 @@ async fn ordering_holds_back_only_its_own_key_postgres() {
 async fn many_events_of_one_key_arrive_in_commit_order() {
     let app = TestApp::spawn(Backend::Postgres).await;
     let mut q = TestQueue::bind(&app.exchange, "events.#").await;
-    let batch: Vec<Value> = (0..60)
-        .map(|i| keyed("order.paid", &format!("seq-{i:03}"), ["x", "y", "z"][i % 3]))
-        .collect();
-    let resp = app.post_json(&json!(batch)).await;
+    let events =
+        (0..60).map(|i| keyed("order.paid", &format!("seq-{i:03}"), ["x", "y", "z"][i % 3]));
+    let resp = app.post_json(&batch(events)).await;
     assert_eq!(resp.status().as_u16(), 202);
     let got: Vec<String> = q
         .take(60, Duration::from_secs(20))
@@ -99,7 +98,7 @@ async fn many_events_of_one_key_arrive_in_commit_order() {
 async fn dead_events_are_listed_and_redelivered() {
     let app = TestApp::spawn_with(Backend::Sqlite, |s| s.max_attempts = Some(2)).await;
     for id in ["d-1", "d-2", "d-3"] {
-        app.post_accepted(&keyed("user.signed_up", id, id)).await;
+        app.accept(&keyed("user.signed_up", id, id)).await;
     }
     for id in ["d-1", "d-2", "d-3"] {
         app.wait_status(

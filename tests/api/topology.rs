@@ -6,62 +6,18 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use lapin::{
-    Channel, Connection, ConnectionProperties,
-    message::Delivery,
-    options::{
-        BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
-        ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-    },
-    types::FieldTable,
+use lapin::options::{
+    BasicAckOptions, BasicNackOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use postbox::relay::topology::QueueSettings;
-use serde_json::json;
+use lapin::types::FieldTable;
+use postbox::sink::amqp::QueueSettings;
 
-use crate::helpers::{AMQP_URL, Backend, TestApp, body_json, header_str, message_id, unique};
+use crate::helpers::{
+    Backend, Declared, Event, TestApp, body_json, channel, consumer, header_str, message_id,
+    next_unacked as next, unique,
+};
 
 const WAIT: Duration = Duration::from_secs(15);
-
-async fn channel() -> (Connection, Channel) {
-    let conn = Connection::connect(AMQP_URL, ConnectionProperties::default())
-        .await
-        .expect("RabbitMQ must be running on 127.0.0.1:5672 (scripts/test.sh starts it)");
-    let ch = conn.create_channel().await.expect("channel");
-    (conn, ch)
-}
-
-async fn consumer(ch: &Channel, queue: &str) -> lapin::Consumer {
-    ch.basic_consume(
-        queue.into(),
-        unique("test-consumer").as_str().into(),
-        BasicConsumeOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("consume {queue}: {e}"))
-}
-
-async fn next(c: &mut lapin::Consumer, timeout: Duration) -> Option<Delivery> {
-    match tokio::time::timeout(timeout, c.next()).await {
-        Ok(Some(Ok(d))) => Some(d),
-        _ => None,
-    }
-}
-
-/// Durable queues and exchanges outlive the test: remove them (best effort).
-async fn cleanup(ch: &Channel, queues: &[&str], exchanges: &[&str]) {
-    for q in queues {
-        let _ = ch
-            .queue_delete((*q).into(), QueueDeleteOptions::default())
-            .await;
-    }
-    for e in exchanges {
-        let _ = ch
-            .exchange_delete((*e).into(), ExchangeDeleteOptions::default())
-            .await;
-    }
-}
 
 fn queue(name: &str, kind: &str, bindings: &[&str]) -> QueueSettings {
     QueueSettings {
@@ -77,8 +33,12 @@ fn queue(name: &str, kind: &str, bindings: &[&str]) -> QueueSettings {
 
 #[tokio::test]
 async fn quorum_queue_dead_letters_after_its_delivery_limit_and_classic_queue_receives() {
-    let billing = unique("billing");
-    let audit = unique("audit");
+    let billing = unique("test-billing");
+    let audit = unique("test-audit");
+    let dlq = format!("{billing}.dlq");
+    // Durable queues postbox declares, and the dead-letter exchange: removed even on failure.
+    let mut declared = Declared::new();
+    declared.queue(&billing).queue(&dlq).queue(&audit);
     let app = TestApp::spawn_with(Backend::Sqlite, |s| {
         let mut q = queue(&billing, "quorum", &["events.order.paid.#"]);
         q.delivery_limit = Some(2);
@@ -86,17 +46,13 @@ async fn quorum_queue_dead_letters_after_its_delivery_limit_and_classic_queue_re
         s.queues = Some(vec![q, queue(&audit, "classic", &["events.#"])]);
     })
     .await;
-    let dlq = format!("{billing}.dlq");
-    let dlx = format!("{}.dlx", app.exchange);
+    declared.exchange(&format!("{}.dlx", app.exchange));
 
     // No queue was bound by the test: the event can only be routed (and so be confirmed and
     // marked published) through the configured topology.
     let id = unique("pay");
-    let event = json!({
-        "type": "order.paid", "version": "v1", "id": id, "source": "/shop/checkout",
-        "data": {"order_id": "o-1", "amount": 25.5, "currency": "EUR"},
-    });
-    let (_, location) = app.post_accepted(&event).await;
+    let event = Event::order_paid("o-1").id(&id).source("/shop/checkout");
+    let location = app.accept(&event).await;
     let ev = app.wait_status(&location, "published", WAIT).await;
     assert_eq!(ev["attempts"], 1, "{ev}");
 
@@ -142,7 +98,7 @@ async fn quorum_queue_dead_letters_after_its_delivery_limit_and_classic_queue_re
     assert_eq!(dead.data, original_body, "the body is kept");
     let body = body_json(&dead);
     assert_eq!(body["id"], id.as_str());
-    assert_eq!(body["data"], event["data"]);
+    assert_eq!(&body["data"], event.data_value());
     assert_eq!(
         header_str(&dead, "x-first-death-reason").as_deref(),
         Some("delivery_limit")
@@ -158,15 +114,15 @@ async fn quorum_queue_dead_letters_after_its_delivery_limit_and_classic_queue_re
     );
     dead.ack(BasicAckOptions::default()).await.expect("ack");
 
-    let exchange = app.exchange.clone();
     app.stop().await.expect("clean stop");
-    cleanup(&ch, &[&billing, &dlq, &audit], &[&dlx, &exchange]).await;
     let _ = conn.close(200, "done".into()).await;
 }
 
 #[tokio::test]
 async fn conflicting_queue_is_explained_and_events_wait_until_it_is_fixed() {
-    let name = unique("orders");
+    let name = unique("test-orders");
+    let mut declared = Declared::new();
+    declared.queue(&name);
     // Someone declared the queue before, as a classic queue.
     let (conn, ch) = channel().await;
     ch.queue_declare(
@@ -184,7 +140,7 @@ async fn conflicting_queue_is_explained_and_events_wait_until_it_is_fixed() {
         s.queues = Some(vec![queue(&name, "quorum", &["events.order.paid.#"])]);
     })
     .await;
-    let (_, location) = app.post_accepted(&crate::helpers::order_paid("o-2")).await;
+    let location = app.accept(&Event::order_paid("o-2")).await;
 
     // /readyz names the queue, RabbitMQ's reason and what to do; postbox stays ready (the
     // outbox buffers) and the event stays pending.
@@ -222,8 +178,7 @@ async fn conflicting_queue_is_explained_and_events_wait_until_it_is_fixed() {
     assert_eq!(d.routing_key.as_str(), "events.order.paid.v1");
     d.ack(BasicAckOptions::default()).await.expect("ack");
 
-    let exchange = app.exchange.clone();
     app.stop().await.expect("clean stop");
-    cleanup(&ch, &[&name], &[&exchange]).await;
     let _ = conn.close(200, "done".into()).await;
+    drop(declared);
 }

@@ -9,10 +9,10 @@ use std::{
 };
 
 use axum::{body::Bytes, http::HeaderMap, routing::post};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
-use crate::helpers::{Backend, TestApp, TestQueue, header, header_str, message_id, unique};
+use crate::helpers::{Backend, Event, TestApp, TestQueue, header, header_str, message_id, unique};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -83,8 +83,7 @@ async fn publish_span_is_a_child_of_the_request_and_is_exported() {
     let traceparent = format!("00-{trace_id}-{parent_id}-01");
     let tracestate = "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7";
     let id = unique("traced");
-    let event = json!({"type": "order.paid", "version": "v1", "id": id,
-        "data": {"order_id": "o-1", "amount": 1, "currency": "EUR"}});
+    let event = Event::order_paid("o-1").amount(1).id(&id);
     let resp = app
         .post_with(
             "application/json",
@@ -92,7 +91,7 @@ async fn publish_span_is_a_child_of_the_request_and_is_exported() {
                 ("traceparent", traceparent.as_str()),
                 ("tracestate", tracestate),
             ],
-            event.to_string(),
+            event.body(),
         )
         .await;
     assert_eq!(resp.status().as_u16(), 202);
@@ -100,11 +99,8 @@ async fn publish_span_is_a_child_of_the_request_and_is_exported() {
 
     // An event without trace context: no trace headers, no exported span.
     let untraced = unique("untraced");
-    app.post_accepted(
-        &json!({"type": "order.paid", "version": "v1", "id": untraced,
-        "data": {"order_id": "o-2", "amount": 2, "currency": "EUR"}}),
-    )
-    .await;
+    app.accept(&Event::order_paid("o-2").amount(2).id(&untraced))
+        .await;
 
     let messages = q.take(2, WAIT).await;
     let d = messages
@@ -185,13 +181,12 @@ async fn invalid_trace_context_is_ignored() {
         (traceparent, "rojo=1", Some("rojo=1")),
     ] {
         let id = unique("tc");
-        let event = json!({"type": "order.paid", "version": "v1", "id": id,
-            "data": {"order_id": "o-1", "amount": 1, "currency": "EUR"}});
+        let event = Event::order_paid("o-1").amount(1).id(&id);
         let resp = app
             .post_with(
                 "application/json",
                 &[("traceparent", tp), ("tracestate", ts)],
-                event.to_string(),
+                event.body(),
             )
             .await;
         assert_eq!(

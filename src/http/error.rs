@@ -1,4 +1,6 @@
-//! The one API error type and its RFC 9457 `application/problem+json` rendering.
+//! The one HTTP API error type, its RFC 9457 `application/problem+json` rendering, and the one
+//! mapping from each domain error (envelope [`ParseError`](crate::envelope::ParseError),
+//! [`IngestError`], outbox query errors) to it.
 //!
 //! Every variant says what the client sees. 5xx bodies say nothing internal; the cause is
 //! logged once where the error is turned into a response.
@@ -10,35 +12,10 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// One problem with one part of the request, located by a JSON pointer (RFC 6901) into the
-/// request body, or `header:NAME` for a header.
-#[derive(Debug, Clone, Serialize, ToSchema, PartialEq, Eq)]
-pub struct FieldError {
-    /// Where: a JSON pointer into the request body (`/data/amount`, `/3/type` in a batch).
-    #[schema(example = "/data/amount")]
-    pub pointer: String,
-    /// What is wrong, in words.
-    #[schema(example = "-5 is less than the minimum of 0")]
-    pub message: String,
-}
-
-impl FieldError {
-    /// A new field error.
-    pub fn new(pointer: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            pointer: pointer.into(),
-            message: message.into(),
-        }
-    }
-
-    /// Index of the batch item this error points into, if any.
-    pub fn index(&self) -> Option<usize> {
-        self.pointer
-            .strip_prefix('/')
-            .and_then(|p| p.split('/').next())
-            .and_then(|i| i.parse().ok())
-    }
-}
+use crate::{
+    ingest::IngestError,
+    pointer::{FieldError, summarize},
+};
 
 /// An RFC 9457 problem details document.
 #[derive(Debug, Serialize, ToSchema)]
@@ -154,6 +131,23 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// A different schema already has this version (409).
+    #[error("{0}")]
+    SchemaVersionExists(String),
+    /// A new schema version must be numbered above the type's versions (409).
+    #[error("{0}")]
+    SchemaVersionOrder(String),
+    /// The schema breaks its type's compatibility mode (422).
+    #[error("{detail}")]
+    IncompatibleSchema {
+        /// Summary.
+        detail: String,
+        /// What breaks, with pointers into the new schema.
+        errors: Vec<FieldError>,
+    },
+    /// The document is not a JSON Schema (422).
+    #[error("{0}")]
+    InvalidSchema(String),
     /// A bug or an unexpected failure; logged, not shown.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -169,6 +163,24 @@ impl ApiError {
         ApiError::BadRequest {
             detail: message.clone(),
             errors: vec![FieldError::new(pointer, message)],
+        }
+    }
+
+    /// Read a request body that must be a JSON object (`null` gives `None`). serde would also
+    /// read a struct from an array of its fields in order (`[null, true]`), which no client
+    /// means and the documents do not allow: anything but an object or `null` is a 400.
+    pub fn json_object<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Option<T>, Self> {
+        let value: serde_json::Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request("", format!("malformed JSON: {e}")))?;
+        match value {
+            serde_json::Value::Null => Ok(None),
+            serde_json::Value::Object(_) => serde_json::from_value(value)
+                .map(Some)
+                .map_err(|e| ApiError::bad_request("", e.to_string())),
+            other => Err(ApiError::bad_request(
+                "",
+                format!("expected a JSON object, not {}", json_kind(&other)),
+            )),
         }
     }
 
@@ -251,6 +263,26 @@ impl ApiError {
                 "rate-limited",
                 "Too many events for this API key",
             ),
+            SchemaVersionExists(_) => (
+                StatusCode::CONFLICT,
+                "schema-version-exists",
+                "This schema version exists with a different schema",
+            ),
+            SchemaVersionOrder(_) => (
+                StatusCode::CONFLICT,
+                "schema-version-order",
+                "A new schema version must be numbered above the others",
+            ),
+            IncompatibleSchema { .. } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "incompatible-schema",
+                "The schema breaks its type's compatibility mode",
+            ),
+            InvalidSchema(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-schema",
+                "Not a valid JSON Schema",
+            ),
             Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -275,6 +307,7 @@ impl ApiError {
         let (errors, available) = match self {
             ApiError::BadRequest { errors, .. }
             | ApiError::SchemaViolation { errors, .. }
+            | ApiError::IncompatibleSchema { errors, .. }
             | ApiError::Forbidden { errors, .. } => (errors.clone(), None),
             ApiError::UnknownSchema {
                 available, errors, ..
@@ -353,6 +386,76 @@ fn log_safe(s: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Ingest's refusals. Only here does a domain error become a status code.
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
+        let detail = e.to_string();
+        // Retry-After counts whole seconds (RFC 9110 §10.2.3); never tell a client "0".
+        let retry_after = e
+            .retry_after()
+            .map_or(1, |d| d.as_secs_f64().ceil().max(1.0) as u64);
+        match e {
+            IngestError::Forbidden { errors } => ApiError::Forbidden { detail, errors },
+            IngestError::RateLimited { .. } => ApiError::RateLimited {
+                detail,
+                retry_after,
+            },
+            IngestError::UnknownSchema { errors, available } => ApiError::UnknownSchema {
+                detail,
+                available,
+                errors,
+            },
+            IngestError::SchemaViolation { errors } => ApiError::SchemaViolation { detail, errors },
+            IngestError::InvalidIdempotencyKey => {
+                ApiError::bad_request("header:idempotency-key", detail)
+            }
+            IngestError::InProgress => ApiError::Conflict(detail),
+            IngestError::KeyReused(_) => ApiError::IdempotencyKeyReused(detail),
+            IngestError::BacklogFull { .. } | IngestError::Unavailable(_) => {
+                ApiError::Unavailable {
+                    detail,
+                    retry_after,
+                }
+            }
+        }
+    }
+}
+
+/// A failed outbox query: 503 `outbox-unavailable`. The database's own words stay in the log
+/// (they can name hosts, users and tables); the client learns only that it may retry.
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        tracing::warn!(error = %e, "outbox query failed");
+        ApiError::Unavailable {
+            detail: "the outbox database is unavailable".to_owned(),
+            retry_after: 2,
+        }
+    }
+}
+
+/// The schema registry's refusals.
+impl From<crate::schema::catalog::CatalogError> for ApiError {
+    fn from(e: crate::schema::catalog::CatalogError) -> Self {
+        use crate::schema::catalog::CatalogError as C;
+        let detail = e.to_string();
+        match e {
+            C::InvalidName(_) => ApiError::bad_request("/", detail),
+            C::InvalidSchema(_) => ApiError::InvalidSchema(detail),
+            C::VersionExists { .. } => ApiError::SchemaVersionExists(detail),
+            C::VersionOrder { .. } => ApiError::SchemaVersionOrder(detail),
+            C::Incompatible { errors, .. } => ApiError::IncompatibleSchema {
+                detail,
+                errors: errors
+                    .into_iter()
+                    .map(|i| FieldError::new(i.pointer, i.message))
+                    .collect(),
+            },
+            C::NotFound(_) => ApiError::NotFound(detail),
+            C::Store(e) => e.into(),
+        }
+    }
+}
+
 /// Render a problem document with the right content type.
 pub fn problem_response(status: StatusCode, problem: &Problem) -> Response {
     let body = serde_json::to_vec(problem).unwrap_or_default();
@@ -383,29 +486,15 @@ impl From<crate::envelope::ParseError> for ApiError {
     }
 }
 
-/// "2 errors (events 0, 3): first: …"
-pub fn summarize(errors: &[FieldError], what: &str) -> String {
-    let n = errors.len();
-    let first = errors.first().map(|e| {
-        if e.pointer.is_empty() {
-            e.message.clone()
-        } else {
-            format!("{}: {}", e.pointer, e.message)
-        }
-    });
-    let mut idx: Vec<usize> = errors.iter().filter_map(FieldError::index).collect();
-    idx.dedup();
-    let plural = if n == 1 { "" } else { "s" };
-    match (first, idx.is_empty()) {
-        (Some(f), true) => format!("{n} {what}{plural}; first: {f}"),
-        (Some(f), false) => format!(
-            "{n} {what}{plural} in batch item(s) {}; first: {f}",
-            idx.iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        (None, _) => format!("no {what}"),
+/// "an array", "a string", … for messages.
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
     }
 }
 
@@ -428,20 +517,35 @@ mod tests {
     }
 
     #[test]
+    fn bodies_must_be_objects() {
+        #[derive(serde::Deserialize, Debug, Default)]
+        struct Req {
+            #[allow(dead_code)]
+            a: Option<String>,
+            #[allow(dead_code)]
+            b: Option<bool>,
+        }
+        assert!(ApiError::json_object::<Req>(b"{\"a\": \"x\"}").is_ok_and(|r| r.is_some()));
+        assert!(ApiError::json_object::<Req>(b"null").is_ok_and(|r| r.is_none()));
+        // serde alone reads this array as the struct's fields in order.
+        assert!(serde_json::from_slice::<Req>(b"[null, null]").is_ok());
+        let e = ApiError::json_object::<Req>(b"[null, null]").expect_err("an array");
+        assert_eq!(e.problem().status, 400);
+        assert!(
+            e.problem().detail.contains("not an array"),
+            "{:?}",
+            e.problem()
+        );
+        assert!(ApiError::json_object::<Req>(b"{\"b\": 3}").is_err());
+        assert!(ApiError::json_object::<Req>(b"{").is_err());
+    }
+
+    #[test]
     fn log_lines_cannot_be_forged() {
         assert_eq!(
             log_safe("no event with id `a\nb\u{1b}[2J`"),
             "no event with id `a\\nb\\u{1b}[2J`"
         );
         assert!(matches!(log_safe("plain"), std::borrow::Cow::Borrowed(_)));
-    }
-
-    #[test]
-    fn summary_names_batch_items() {
-        let s = summarize(
-            &[FieldError::new("/0/a", "x"), FieldError::new("/2/b", "y")],
-            "error",
-        );
-        assert_eq!(s, "2 errors in batch item(s) 0, 2; first: /0/a: x");
     }
 }

@@ -1,10 +1,20 @@
-//! RabbitMQ side of the relay: one connection and one confirm-mode channel, publishing with
-//! `mandatory`, persistent delivery and the CloudEvents AMQP/RabbitMQ binding's headers.
+//! The RabbitMQ link: one connection and one confirm-mode channel, publishing with `mandatory`,
+//! persistent delivery and the CloudEvents AMQP/RabbitMQ binding's headers.
 //!
 //! lapin's automatic recovery is not used (lapin issue #450): when the connection breaks, the
-//! relay drops this publisher and connects a new one.
+//! relay drops this publisher and connects a new one. It does the same after a nack: measured
+//! on a RabbitMQ 3.10 cluster, a channel opened on a surviving node while a quorum queue was
+//! still electing its new leader nacked every later publish to that queue for as long as it
+//! lived (about half of the failover runs), while a new channel's publishes were confirmed. The
+//! nacked events are retried as usual; only the channel is not trusted again.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use futures_util::future::join_all;
 use lapin::{
@@ -15,27 +25,19 @@ use lapin::{
 };
 use serde_json::{Map, Value};
 
-use super::topology::Topology;
-use crate::{
-    outbox::Claimed,
-    trace::{Child, SpanRecord, TraceParent, otlp::SpanSink},
-};
-
-/// Result of publishing one row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Broker confirmed (ack, not returned).
-    Confirmed,
-    /// Failed attempt, with the reason shown as `last_error`.
-    Failed(String),
-}
+use super::{CeHeaders, nodes::Node, topology::Topology};
+use crate::sink::{Link, LinkState, Message, Outcome, Pending};
 
 /// A connected, confirm-mode publisher.
 pub struct Publisher {
     conn: Connection,
     channel: Channel,
     exchange: String,
-    spans: Option<SpanSink>,
+    ce_headers: CeHeaders,
+    /// `host:port` of the node it is connected to.
+    node: String,
+    /// RabbitMQ nacked a publish on this channel: reconnect before publishing more.
+    nacked: Arc<AtomicBool>,
 }
 
 /// Longest wait for the TCP + AMQP handshake.
@@ -46,16 +48,15 @@ const TOPOLOGY_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Publisher {
     /// Connect, open a channel in confirm mode, declare the durable topic exchange and then the
-    /// consumer topology (so no event is published before its queues exist). Publish spans of
-    /// traced events go to `spans` when OTLP export is on.
+    /// consumer topology (so no event is published before its queues exist).
     pub async fn connect(
-        url: &str,
+        node: &Node,
         exchange: &str,
         topology: &Topology,
-        spans: Option<SpanSink>,
     ) -> anyhow::Result<Publisher> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(format!("postbox {}", std::process::id())));
+        let url = node.url.expose();
         let conn = tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, props))
             .await
             .map_err(|_| anyhow::anyhow!("timed out connecting to RabbitMQ"))??;
@@ -105,8 +106,16 @@ impl Publisher {
             conn,
             channel,
             exchange: exchange.to_owned(),
-            spans,
+            ce_headers: CeHeaders::All,
+            node: node.addr.clone(),
+            nacked: Arc::default(),
         })
+    }
+
+    /// Copy these attributes into `ce-*` headers (all by default).
+    pub fn with_ce_headers(mut self, ce_headers: CeHeaders) -> Publisher {
+        self.ce_headers = ce_headers;
+        self
     }
 
     /// Whether connection and channel are still usable.
@@ -118,29 +127,43 @@ impl Publisher {
     pub fn is_blocked(&self) -> bool {
         self.conn.status().blocked()
     }
+}
 
-    /// A handle on the connection's state (blocked, connected), for watchers.
-    pub fn connection_status(&self) -> lapin::ConnectionStatus {
-        self.conn.status().clone()
+impl Link for Publisher {
+    type Pending = Sent;
+
+    fn state(&self) -> LinkState {
+        if !self.is_usable() {
+            LinkState::Broken("connection to RabbitMQ lost".to_owned())
+        } else if self.nacked.load(Ordering::Relaxed) {
+            LinkState::Broken(format!(
+                "RabbitMQ ({}) nacked a publish; opening a new channel",
+                self.node
+            ))
+        } else if self.is_blocked() {
+            LinkState::Blocked
+        } else {
+            LinkState::Usable
+        }
     }
 
-    /// Send every row without waiting for confirms; the returned [`Sent`] awaits them. Sending
-    /// stops at the first channel error (the rest fail with it).
-    pub async fn send(&self, rows: Vec<Claimed>) -> Sent {
-        let mut outcomes = vec![None; rows.len()];
-        let mut pending = Vec::with_capacity(rows.len());
-        let traces: Vec<Option<PublishTrace>> = rows
-            .iter()
-            .map(|row| PublishTrace::start(row, &self.exchange, self.spans.is_some()))
-            .collect();
-        for (i, row) in rows.iter().enumerate() {
+    fn peer(&self) -> Option<String> {
+        Some(self.node.clone())
+    }
+
+    /// Send every message without waiting for confirms; the returned [`Sent`] awaits them.
+    /// Sending stops at the first channel error (the rest fail with it).
+    async fn send(&self, batch: Vec<Message>) -> Sent {
+        let mut outcomes = vec![None; batch.len()];
+        let mut pending = Vec::with_capacity(batch.len());
+        for (i, msg) in batch.iter().enumerate() {
             // AMQP short strings hold 255 bytes; lapin panics beyond, so check first.
             let (Ok(exchange), Ok(routing_key), Some(props)) = (
                 ShortString::try_new(self.exchange.as_str()),
-                ShortString::try_new(row.routing_key.as_str()),
-                properties(row, traces[i].as_ref().map(|t| &t.ctx)),
+                ShortString::try_new(msg.subject.as_str()),
+                properties(msg, &self.ce_headers),
             ) else {
-                outcomes[i] = Some(Outcome::Failed(
+                outcomes[i] = Some(Outcome::Invalid(
                     "invalid message: a name is longer than AMQP's 255-byte limit".to_owned(),
                 ));
                 continue;
@@ -154,7 +177,7 @@ impl Publisher {
                         mandatory: true,
                         ..BasicPublishOptions::default()
                     },
-                    &row.body,
+                    &msg.body,
                     props,
                 )
                 .await;
@@ -163,26 +186,25 @@ impl Publisher {
                 Err(e) => {
                     let why = format!("publish failed: {e}");
                     for o in &mut outcomes[i..] {
-                        *o = Some(Outcome::Failed(why.clone()));
+                        *o = Some(Outcome::ConnectionLost(why.clone()));
                     }
                     break;
                 }
             }
         }
         Sent {
-            rows,
+            subjects: batch.into_iter().map(|m| m.subject).collect(),
             outcomes,
             pending,
             exchange: self.exchange.clone(),
             sent_at: tokio::time::Instant::now(),
-            traces,
-            spans: self.spans.clone(),
-            conn: self.connection_status(),
+            conn: self.conn.status().clone(),
+            nacked: self.nacked.clone(),
         }
     }
 
     /// Close the channel and the connection cleanly (AMQP `connection.close`).
-    pub async fn close(self) {
+    async fn close(self) {
         let bye = async {
             let _ = self
                 .channel
@@ -194,41 +216,38 @@ impl Publisher {
     }
 }
 
-/// A batch on the wire: its rows and their confirms to await.
+/// A batch on the wire: its confirms to await.
 pub struct Sent {
-    /// The rows, in publish order.
-    pub rows: Vec<Claimed>,
+    /// Routing keys, in publish order (for the error messages).
+    subjects: Vec<String>,
     outcomes: Vec<Option<Outcome>>,
     pending: Vec<(usize, PublisherConfirm)>,
     exchange: String,
     sent_at: tokio::time::Instant,
-    /// Publish spans of the rows that carry a `traceparent`, by row.
-    traces: Vec<Option<PublishTrace>>,
-    spans: Option<SpanSink>,
     conn: lapin::ConnectionStatus,
+    nacked: Arc<AtomicBool>,
 }
 
-impl Sent {
+impl Pending for Sent {
     /// Await every confirm, at most `timeout` after the batch was sent (not after the settler
     /// got to it: batches queue behind each other, and every row must be settled well within
     /// its lease), not counting time during which RabbitMQ blocked the connection: a blocked
     /// broker reads nothing, so its confirms cannot come, and that is a pause, not a failed
-    /// attempt. One outcome per row, in order.
+    /// attempt. One outcome per message, in order.
     ///
     /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
     /// error is a failed attempt; only an ack for a message that was not returned is success
     /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
-    pub async fn confirm(self, timeout: Duration) -> (Vec<Claimed>, Vec<Outcome>) {
+    async fn outcomes(self, timeout: Duration) -> Vec<Outcome> {
         const TICK: Duration = Duration::from_millis(100);
         let Sent {
-            rows,
+            subjects,
             mut outcomes,
             pending,
             exchange,
             sent_at,
-            traces,
-            spans,
             conn,
+            nacked,
         } = self;
         let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         let mut all = join_all(confirms);
@@ -252,27 +271,26 @@ impl Sent {
         match results {
             Some(results) => {
                 for (i, r) in idx.into_iter().zip(results) {
-                    outcomes[i] = Some(classify(r, &exchange, &rows[i].routing_key));
+                    outcomes[i] = Some(classify(r, &exchange, &subjects[i]));
                 }
             }
             None => {
                 let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
                 for i in idx {
-                    outcomes[i] = Some(Outcome::Failed(why.clone()));
+                    outcomes[i] = Some(Outcome::TimedOut(why.clone()));
                 }
             }
         }
-        let outcomes: Vec<Outcome> = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Outcome::Failed("not sent".to_owned())))
-            .collect();
-        let end = SystemTime::now();
-        for (trace, outcome) in traces.into_iter().zip(&outcomes) {
-            if let Some(t) = trace {
-                t.finish(outcome, end, spans.as_ref());
-            }
+        if outcomes
+            .iter()
+            .any(|o| matches!(o, Some(Outcome::Rejected(_))))
+        {
+            nacked.store(true, Ordering::Relaxed);
         }
-        (rows, outcomes)
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Outcome::ConnectionLost("not sent".to_owned())))
+            .collect()
     }
 }
 
@@ -280,137 +298,61 @@ fn classify(r: lapin::Result<Confirmation>, exchange: &str, routing_key: &str) -
     match r {
         Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
         Ok(Confirmation::Ack(Some(ret))) | Ok(Confirmation::Nack(Some(ret))) => {
-            Outcome::Failed(format!(
+            Outcome::Unroutable(format!(
                 "returned by RabbitMQ: {} {} (no queue is bound to exchange `{exchange}` for routing key `{routing_key}`)",
                 ret.reply_code, ret.reply_text
             ))
         }
-        Ok(Confirmation::Nack(None)) => Outcome::Failed("nacked by RabbitMQ".to_owned()),
+        Ok(Confirmation::Nack(None)) => Outcome::Rejected("nacked by RabbitMQ".to_owned()),
         Ok(Confirmation::NotRequested) => {
-            Outcome::Failed("publisher confirms not enabled".to_owned())
+            Outcome::Rejected("publisher confirms not enabled".to_owned())
         }
-        Err(e) => Outcome::Failed(format!("connection lost before the confirm: {e}")),
-    }
-}
-
-/// The publish of one traced event: a child span of the event's stored `traceparent`, as a
-/// `tracing` span (`publish`, with the trace id, the parent's and its own span id) and, when
-/// OTLP export is on and the trace is sampled, an exported span.
-struct PublishTrace {
-    ctx: Child,
-    /// Sampled by the caller and exported.
-    sampled: bool,
-    trace_state: Option<String>,
-    span: tracing::Span,
-    start: SystemTime,
-    attributes: Vec<(&'static str, String)>,
-}
-
-impl PublishTrace {
-    /// `None` for a row without a (valid) `traceparent`. Attributes are only built when the
-    /// span will be exported.
-    fn start(row: &Claimed, exchange: &str, export: bool) -> Option<PublishTrace> {
-        let parent = TraceParent::parse(row.traceparent.as_deref()?)?;
-        let ctx = parent.child();
-        let span = tracing::info_span!(
-            "publish",
-            trace_id = %ctx.trace_id,
-            parent_span_id = %ctx.parent_id,
-            span_id = %ctx.span_id,
-            event_id = %row.event_id,
-            routing_key = %row.routing_key,
-        );
-        let sampled = parent.sampled() && export;
-        // OpenTelemetry semantic conventions for messaging (RabbitMQ) and CloudEvents.
-        let attributes = if !sampled {
-            Vec::new()
-        } else {
-            vec![
-                ("messaging.system", "rabbitmq".to_owned()),
-                ("messaging.operation.name", "publish".to_owned()),
-                ("messaging.operation.type", "send".to_owned()),
-                ("messaging.destination.name", exchange.to_owned()),
-                (
-                    "messaging.rabbitmq.destination.routing_key",
-                    row.routing_key.clone(),
-                ),
-                ("messaging.message.id", row.event_id.clone()),
-                ("cloudevents.event_id", row.event_id.clone()),
-                ("cloudevents.event_type", row.ce_type.clone()),
-            ]
-        };
-        Some(PublishTrace {
-            sampled,
-            ctx,
-            trace_state: row.tracestate.clone(),
-            span,
-            start: SystemTime::now(),
-            attributes,
-        })
-    }
-
-    fn finish(self, outcome: &Outcome, end: SystemTime, sink: Option<&SpanSink>) {
-        let error = match outcome {
-            Outcome::Confirmed => {
-                self.span.in_scope(|| tracing::debug!("published"));
-                None
-            }
-            Outcome::Failed(e) => {
-                self.span
-                    .in_scope(|| tracing::debug!(error = %e, "publish failed"));
-                Some(e.clone())
-            }
-        };
-        if let (Some(sink), true) = (sink, self.sampled) {
-            sink.record(SpanRecord {
-                ctx: self.ctx,
-                trace_state: self.trace_state,
-                name: "publish",
-                start: self.start,
-                end,
-                attributes: self.attributes,
-                error,
-            });
-        }
+        Err(e) => Outcome::ConnectionLost(format!("connection lost before the confirm: {e}")),
     }
 }
 
 /// AMQP properties per the CloudEvents RabbitMQ binding: structured body, attributes copied
 /// into `ce-*` headers so consumers can filter without parsing, plus the W3C trace context:
-/// `traceparent` names the publish span (`trace`) as the parent of what the consumer does, and
+/// `traceparent` names the publish span as the parent of what the consumer does, and
 /// `tracestate` is passed on unchanged. `None` if a value does not fit an AMQP short string.
-fn properties(row: &Claimed, trace: Option<&Child>) -> Option<BasicProperties> {
+fn properties(msg: &Message, which: &CeHeaders) -> Option<BasicProperties> {
     let mut headers = FieldTable::default();
-    if let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&row.attributes) {
-        ce_headers(&attrs, &mut headers)?;
+    if *which != CeHeaders::None
+        && let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&msg.attributes)
+    {
+        ce_headers(&attrs, which, &mut headers)?;
     }
-    if let Some(child) = trace {
+    if let Some(tp) = &msg.traceparent {
         headers.insert(
             "traceparent".into(),
-            AMQPValue::LongString(child.traceparent().into()),
+            AMQPValue::LongString(tp.as_str().into()),
         );
-        if let Some(ts) = &row.tracestate {
+        if let Some(ts) = &msg.tracestate {
             headers.insert(
                 "tracestate".into(),
                 AMQPValue::LongString(ts.as_str().into()),
             );
         }
     }
-    let timestamp = u64::try_from(row.created_at / 1_000_000).unwrap_or(0);
+    let timestamp = u64::try_from(msg.created_at / 1_000_000).unwrap_or(0);
     Some(
         BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/cloudevents+json".into())
-            .with_message_id(ShortString::try_new(row.event_id.as_str()).ok()?)
-            .with_type(ShortString::try_new(row.ce_type.as_str()).ok()?)
+            .with_message_id(ShortString::try_new(msg.id.as_str()).ok()?)
+            .with_type(ShortString::try_new(msg.ce_type.as_str()).ok()?)
             .with_timestamp(timestamp)
             .with_app_id("postbox".into())
             .with_headers(headers),
     )
 }
 
-fn ce_headers(attrs: &Map<String, Value>, headers: &mut FieldTable) -> Option<()> {
-    for (name, value) in attrs {
+fn ce_headers(
+    attrs: &Map<String, Value>,
+    which: &CeHeaders,
+    headers: &mut FieldTable,
+) -> Option<()> {
+    for (name, value) in attrs.iter().filter(|(n, _)| which.includes(n)) {
         // The binding carries every attribute as a string header (as the SDKs' binary mode
         // reads them back).
         let v = match value {
@@ -429,41 +371,60 @@ mod tests {
 
     #[test]
     fn headers_carry_attributes_and_trace() {
-        let row = Claimed {
-            seq: 1,
-            event_id: "e1".into(),
+        let msg = Message {
+            id: "e1".into(),
+            source: "/s".into(),
             ce_type: "order.paid".into(),
-            routing_key: "events.order.paid.v1".into(),
+            subject: "events.order.paid.v1".into(),
             body: b"{}".to_vec(),
             attributes: r#"{"id":"e1","specversion":"1.0","n":3,"b":true}"#.into(),
             traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
             tracestate: Some("rojo=00f067aa0ba902b7".into()),
-            attempts: 0,
             created_at: 1_700_000_000_000_000,
-            partition: 0,
-            lease: 0,
         };
-        let trace = PublishTrace::start(&row, "events", true).unwrap();
-        let p = properties(&row, Some(&trace.ctx)).unwrap();
+        let p = properties(&msg, &CeHeaders::All).unwrap();
         assert_eq!(p.delivery_mode(), &Some(2));
         assert_eq!(p.timestamp(), &Some(1_700_000_000));
+        assert_eq!(p.message_id().as_ref().map(|m| m.as_str()), Some("e1"));
         let h = p.headers().clone().unwrap();
         let h = h.inner();
         assert_eq!(h.get("ce-id"), Some(&AMQPValue::LongString("e1".into())));
         assert_eq!(h.get("ce-n"), Some(&AMQPValue::LongString("3".into())));
         assert_eq!(h.get("ce-b"), Some(&AMQPValue::LongString("true".into())));
-        let tp = format!(
-            "00-0af7651916cd43dd8448eb211c80319c-{}-01",
-            trace.ctx.span_id
-        );
         assert_eq!(
             h.get("traceparent"),
-            Some(&AMQPValue::LongString(tp.into()))
+            Some(&AMQPValue::LongString(
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()
+            ))
         );
         assert_eq!(
             h.get("tracestate"),
             Some(&AMQPValue::LongString("rojo=00f067aa0ba902b7".into()))
         );
-        assert_eq!(trace.ctx.parent_id, "b7ad6b7169203331");
+    }
+
+    #[test]
+    fn a_lean_shape_keeps_properties_and_trace_only() {
+        let msg = Message {
+            id: "e1".into(),
+            source: "/s".into(),
+            ce_type: "order.paid".into(),
+            subject: "events.order.paid.v1".into(),
+            body: b"{}".to_vec(),
+            attributes: r#"{"id":"e1","source":"/s","type":"order.paid"}"#.into(),
+            traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+            tracestate: None,
+            created_at: 1_700_000_000_000_000,
+        };
+        let none = properties(&msg, &CeHeaders::None).unwrap();
+        assert_eq!(none.message_id().as_ref().map(|m| m.as_str()), Some("e1"));
+        assert_eq!(none.kind().as_ref().map(|m| m.as_str()), Some("order.paid"));
+        let h = none.headers().clone().unwrap();
+        assert_eq!(h.inner().len(), 1, "traceparent only");
+        let some = properties(&msg, &"type,ce-source".parse().unwrap()).unwrap();
+        let h = some.headers().clone().unwrap();
+        let mut names: Vec<&str> = h.inner().keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["ce-source", "ce-type", "traceparent"]);
     }
 }

@@ -1,0 +1,7 @@
+-- One row the group-commit writer rewrites to prove it can commit again after a failed commit
+-- (a full disk, an I/O error): a real write, fsynced like an event, so `/readyz` turns ready
+-- only when events would be stored.
+create table writer_probe (
+    id integer primary key check (id = 1),
+    at integer not null
+);
