@@ -100,7 +100,8 @@ pub(crate) use claimed_from_row;
 
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
 /// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
-/// `migrator()`, `mark_published(tx, seqs, now)`, a `CLAIM_LOCK` clause appended to the
+/// `migrator()`, `insert_rows(tx, rows, now)` (new rows and their payloads; returns
+/// `(seq, source, event_id)` of those inserted), `mark_published(tx, seqs, now)`, a `CLAIM_LOCK` clause appended to the
 /// claim's row selection, and a `PARTITION_FILTER` condition from `$5` on, bound by
 /// `bind_partitions` from a [`ClaimScope`](crate::outbox::ClaimScope).
 macro_rules! shared_store_impl {
@@ -301,7 +302,6 @@ macro_rules! shared_store_impl {
                 reqs: &[$crate::outbox::WriteRequest],
             ) -> $crate::outbox::StoreResult<Vec<$crate::outbox::WriteOutcome>> {
                 use $crate::outbox::{StoredRef, WriteOutcome, sql};
-                use sqlx::Row as _;
                 let now = $crate::outbox::now_micros();
                 let _serial = self.serialize_writes().await;
                 let mut tx = self.begin_write().await?;
@@ -331,57 +331,22 @@ macro_rules! shared_store_impl {
                     .collect();
                 let mut inserted = std::collections::HashMap::new();
                 for chunk in todo.chunks(sql::INSERT_CHUNK) {
-                    let mut qb = sqlx::QueryBuilder::<$db>::new(sql::INSERT_HEAD);
-                    qb.push_values(chunk, |mut b, (i, j)| {
+                    let rows: Vec<&$crate::outbox::NewRow> =
+                        chunk.iter().map(|(i, j)| &reqs[*i].rows[*j]).collect();
+                    let mut fresh: std::collections::HashMap<(String, String), i64> =
+                        Self::insert_rows(&mut tx, &rows, now)
+                            .await?
+                            .into_iter()
+                            .map(|(seq, source, id)| ((source, id), seq))
+                            .collect();
+                    // When one group holds the same (source, id) twice, the first in the
+                    // chunk's order was inserted (with its payload); `remove` makes it the owner.
+                    for (i, j) in chunk {
                         let r = &reqs[*i].rows[*j];
-                        b.push_bind(r.event_id.as_str())
-                            .push_bind(r.source.as_str())
-                            .push_bind(r.event_type.as_str())
-                            .push_bind(r.version.as_str())
-                            .push_bind(r.ce_type.as_str())
-                            .push_bind(r.subject.as_deref())
-                            .push_bind(r.ordering_key.as_deref())
-                            .push_bind(r.event_time)
-                            .push_bind(r.routing_key.as_str())
-                            .push_bind(r.content_hash.as_slice())
-                            .push_bind(r.traceparent.as_deref())
-                            .push_bind(r.tracestate.as_deref())
-                            .push_bind(r.api_key.as_deref())
-                            .push_bind(now)
-                            .push_bind(now)
-                            .push_bind(now)
-                            .push_bind(r.partition());
-                    });
-                    qb.push(sql::INSERT_TAIL);
-                    let mut fresh = std::collections::HashMap::new();
-                    for row in qb.build().fetch_all(&mut *tx).await? {
-                        let seq: i64 = row.try_get(0)?;
-                        let source: String = row.try_get(1)?;
-                        let id: String = row.try_get(2)?;
-                        fresh.insert((source, id), seq);
-                    }
-                    // Each new row's payload. When one group holds the same (source, id) twice,
-                    // the first in VALUES order was inserted; `remove` gives it its payload.
-                    let payloads: Vec<(i64, &$crate::outbox::NewRow)> = chunk
-                        .iter()
-                        .filter_map(|(i, j)| {
-                            let r = &reqs[*i].rows[*j];
-                            fresh
-                                .remove(&(r.source.clone(), r.event_id.clone()))
-                                .map(|seq| {
-                                    inserted.insert((r.source.clone(), r.event_id.clone()), (seq, *i));
-                                    (seq, r)
-                                })
-                        })
-                        .collect();
-                    if !payloads.is_empty() {
-                        let mut qb = sqlx::QueryBuilder::<$db>::new(sql::INSERT_PAYLOAD_HEAD);
-                        qb.push_values(&payloads, |mut b, (seq, r)| {
-                            b.push_bind(*seq)
-                                .push_bind(r.body.as_slice())
-                                .push_bind(r.attributes.as_str());
-                        });
-                        qb.build().execute(&mut *tx).await?;
+                        let key = (r.source.clone(), r.event_id.clone());
+                        if let Some(seq) = fresh.remove(&key) {
+                            inserted.insert(key, (seq, *i));
+                        }
                     }
                 }
                 // Rows that were not inserted already existed: same content is a replay.

@@ -212,6 +212,63 @@ impl SqliteStore {
         Ok(query.bind(ids))
     }
 
+    /// New rows (`INSERT … ON CONFLICT DO NOTHING`), then the payloads of those inserted.
+    /// Commits go through the lane; this serves the shared code path.
+    async fn insert_rows(
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        rows: &[&super::NewRow],
+        now: i64,
+    ) -> StoreResult<Vec<(i64, String, String)>> {
+        use sqlx::Row as _;
+        let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(super::sql::INSERT_HEAD);
+        qb.push_values(rows, |mut b, r| {
+            b.push_bind(r.event_id.as_str())
+                .push_bind(r.source.as_str())
+                .push_bind(r.event_type.as_str())
+                .push_bind(r.version.as_str())
+                .push_bind(r.ce_type.as_str())
+                .push_bind(r.subject.as_deref())
+                .push_bind(r.ordering_key.as_deref())
+                .push_bind(r.event_time)
+                .push_bind(r.routing_key.as_str())
+                .push_bind(r.content_hash.as_slice())
+                .push_bind(r.traceparent.as_deref())
+                .push_bind(r.tracestate.as_deref())
+                .push_bind(r.api_key.as_deref())
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(now)
+                .push_bind(r.partition());
+        });
+        qb.push(super::sql::INSERT_TAIL);
+        let mut fresh = std::collections::HashMap::new();
+        for row in qb.build().fetch_all(&mut **tx).await? {
+            let seq: i64 = row.try_get(0)?;
+            let source: String = row.try_get(1)?;
+            let id: String = row.try_get(2)?;
+            fresh.insert((source, id), seq);
+        }
+        // The first of a (source, id) twice in `rows` is the one inserted.
+        let mut out = Vec::with_capacity(fresh.len());
+        let mut payloads = Vec::with_capacity(fresh.len());
+        for r in rows {
+            if let Some((key, seq)) = fresh.remove_entry(&(r.source.clone(), r.event_id.clone())) {
+                payloads.push((seq, *r));
+                out.push((seq, key.0, key.1));
+            }
+        }
+        if !payloads.is_empty() {
+            let mut qb = sqlx::QueryBuilder::<sqlx::Sqlite>::new(super::sql::INSERT_PAYLOAD_HEAD);
+            qb.push_values(&payloads, |mut b, (seq, r)| {
+                b.push_bind(*seq)
+                    .push_bind(r.body.as_slice())
+                    .push_bind(r.attributes.as_str());
+            });
+            qb.build().execute(&mut **tx).await?;
+        }
+        Ok(out)
+    }
+
     /// One statement for the whole batch: the seqs travel as one JSON array.
     async fn mark_published(
         tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
