@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# A/B of two postbox builds on this machine, run alternately so that drift hits both alike: each
+# round starts each build on a fresh outbox, measures single-event POSTs end to end twice, then
+# the 202's and the relay lag's percentiles at a fixed rate, with postbox's (and PostgreSQL's)
+# CPU per event. Every event that got a 202 must arrive in a real queue (the bench tool checks).
+#
+#   bench/ab.sh DIR_A DIR_B        DIR_x holds `postbox` and `examples/bench` (e.g. copies of
+#                                  target/release after building each commit)
+#
+# Environment: BACKEND (postgres | sqlite, default postgres), ROUNDS (default 3), N (POSTs per
+# single run, default 20000), RATE (events/s of the latency run, default 1800), EXTRA_A /
+# EXTRA_B (VAR=value settings for one side only). Needs RabbitMQ on 127.0.0.1:5672 and
+# PostgreSQL on 127.0.0.1:5432.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+[[ $# -eq 2 ]] || { sed -n '2,13p' "$0"; exit 2; }
+BACKEND=${BACKEND:-postgres}
+ROUNDS=${ROUNDS:-3}
+N=${N:-20000}
+RATE=${RATE:-1800}
+PORT=18190
+URL="http://127.0.0.1:$PORT/v1/events"
+TICK=$(getconf CLK_TCK)
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/postbox-ab.XXXXXX")
+PB=
+
+cleanup() {
+    [[ -n "$PB" ]] && kill "$PB" 2>/dev/null && wait "$PB" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+pg_ticks() {
+    local t=0 p
+    for p in $(pgrep -x postgres || true); do t=$((t + $(ticks "$p"))); done
+    echo "$t"
+}
+us() { python3 -c "print(round(($2 - $1) / $TICK * 1e6 / $3))"; }
+field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
+
+one() { # LABEL DIR EXTRA: one round of one build
+    local label=$1 dir=$2 extra=$3 db url name ex out p0 g0 r
+    name="postbox_ab_$$_$RANDOM"
+    ex="ab-$name"
+    if [[ $BACKEND == sqlite ]]; then
+        url="sqlite://$TMP/$name.db"
+    else
+        createdb -w -h 127.0.0.1 -U postgres "$name"
+        url="postgres://postgres@127.0.0.1:5432/$name"
+    fi
+    # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
+    env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$url" \
+        POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
+        POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json $extra "$dir/postbox" >>"$TMP/$label.log" 2>&1 &
+    PB=$!
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+    for r in 1 2; do
+        p0=$(ticks "$PB")
+        g0=$(pg_ticks)
+        out=$("$dir/examples/bench" http --url "$URL" --n "$N" --concurrency 64 --exchange "$ex")
+        [[ $(field "$out" "['missing']") == 0 ]] || { echo "$label: events missing: $out"; exit 1; }
+        echo "$label single: $(field "$out" "['events_per_s']")/s, postbox $(us "$p0" "$(ticks "$PB")" "$N") us/event$(
+            [[ $BACKEND == sqlite ]] || echo ", postgres $(us "$g0" "$(pg_ticks)" "$N") us/event")"
+    done
+    out=$("$dir/examples/bench" rate --url "$URL" --rate "$RATE" --seconds 10 --exchange "$ex")
+    [[ $(field "$out" "['missing']") == 0 ]] || { echo "$label: events missing: $out"; exit 1; }
+    echo "$label at $RATE/s: 202 p50 $(field "$out" "['p50_ms']") ms, p99 $(field "$out" "['p99_ms']") ms; relay lag p99 $(field "$out" "['lag_p99_ms']") ms"
+    kill "$PB"
+    wait "$PB" 2>/dev/null || true
+    PB=
+    [[ $BACKEND == sqlite ]] || dropdb -w -h 127.0.0.1 -U postgres "$name"
+}
+
+echo "A = $1, B = $2, $BACKEND, $ROUNDS rounds"
+for round in $(seq "$ROUNDS"); do
+    one "A$round" "$1" "${EXTRA_A:-}"
+    one "B$round" "$2" "${EXTRA_B:-}"
+done
