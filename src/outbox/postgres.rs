@@ -291,59 +291,27 @@ impl PgStore {
         rows: &[&super::NewRow],
         now: i64,
     ) -> StoreResult<Vec<(i64, String, String)>> {
+        // One array per column.
+        fn col<'a, T>(rows: &[&'a super::NewRow], f: impl Fn(&'a super::NewRow) -> T) -> Vec<T> {
+            rows.iter().map(|r| f(r)).collect()
+        }
         sqlx::query_as(INSERT_ROWS)
-            .bind(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.event_type.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.version.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.ce_type.as_str()).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.subject.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.ordering_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.event_time).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.routing_key.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.content_hash.as_slice())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.traceparent.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.tracestate.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                rows.iter()
-                    .map(|r| r.api_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(rows.iter().map(|r| r.partition()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
-            .bind(
-                rows.iter()
-                    .map(|r| r.attributes.as_str())
-                    .collect::<Vec<_>>(),
-            )
+            .bind(col(rows, |r| r.event_id.as_str()))
+            .bind(col(rows, |r| r.source.as_str()))
+            .bind(col(rows, |r| r.event_type.as_str()))
+            .bind(col(rows, |r| r.version.as_str()))
+            .bind(col(rows, |r| r.ce_type.as_str()))
+            .bind(col(rows, |r| r.subject.as_deref()))
+            .bind(col(rows, |r| r.ordering_key.as_deref()))
+            .bind(col(rows, |r| r.event_time))
+            .bind(col(rows, |r| r.routing_key.as_str()))
+            .bind(col(rows, |r| r.content_hash.as_slice()))
+            .bind(col(rows, |r| r.traceparent.as_deref()))
+            .bind(col(rows, |r| r.tracestate.as_deref()))
+            .bind(col(rows, |r| r.api_key.as_deref()))
+            .bind(col(rows, super::NewRow::partition))
+            .bind(col(rows, |r| r.body.as_slice()))
+            .bind(col(rows, |r| r.attributes.as_str()))
             .bind(now)
             .fetch_all(&mut **tx)
             .await

@@ -101,8 +101,8 @@ pub(crate) use claimed_from_row;
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
 /// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
 /// `migrator()`, `insert_rows(tx, rows, now)` (new rows and their payloads; returns
-/// `(seq, source, event_id)` of those inserted), `mark_published(tx, seqs, now)`, a `CLAIM_LOCK` clause appended to the
-/// claim's row selection, and a `PARTITION_FILTER` condition from `$5` on, bound by
+/// `(seq, source, event_id)` of those inserted), `mark_published(tx, seqs, now)`, a
+/// `CLAIM_LOCK` clause appended to the claim's row selection, and a `PARTITION_FILTER` condition from `$5` on, bound by
 /// `bind_partitions` from a [`ClaimScope`](crate::outbox::ClaimScope).
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $name:literal) => {
