@@ -8,17 +8,19 @@
 #                                  target/release after building each commit)
 #
 # Environment: BACKEND (postgres | sqlite, default postgres), ROUNDS (default 3), N (POSTs per
-# single run, default 20000), RATE (events/s of the latency run, default 1800), EXTRA_A /
-# EXTRA_B (VAR=value settings for one side only). Needs RabbitMQ on 127.0.0.1:5672 and
+# single run, default 20000), RATE (events/s of the latency run, default 1800), DRAIN (a relay
+# drain of that many events after the rest, default 0: none), EXTRA_A / EXTRA_B (VAR=value
+# settings for one side only). Needs RabbitMQ on 127.0.0.1:5672 and
 # PostgreSQL on 127.0.0.1:5432.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-[[ $# -eq 2 ]] || { sed -n '2,13p' "$0"; exit 2; }
+[[ $# -eq 2 ]] || { sed -n '2,14p' "$0"; exit 2; }
 BACKEND=${BACKEND:-postgres}
 ROUNDS=${ROUNDS:-3}
 N=${N:-20000}
 RATE=${RATE:-1800}
+DRAIN=${DRAIN:-0}
 PORT=18190
 URL="http://127.0.0.1:$PORT/v1/events"
 TICK=$(getconf CLK_TCK)
@@ -40,6 +42,17 @@ pg_ticks() {
 us() { python3 -c "print(round(($2 - $1) / $TICK * 1e6 / $3))"; }
 field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
 
+start() { # DIR DATABASE_URL EXCHANGE LABEL EXTRA [VAR=value ...]: start postbox, set PB
+    local dir=$1 url=$2 ex=$3 label=$4 extra=$5
+    shift 5
+    # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
+    env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$url" \
+        POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
+        POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json $extra "$@" "$dir/postbox" >>"$TMP/$label.log" 2>&1 &
+    PB=$!
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+}
+
 one() { # LABEL DIR EXTRA: one round of one build
     local label=$1 dir=$2 extra=$3 db url name ex out p0 g0 r
     name="postbox_ab_$$_$RANDOM"
@@ -50,12 +63,7 @@ one() { # LABEL DIR EXTRA: one round of one build
         createdb -w -h 127.0.0.1 -U postgres "$name"
         url="postgres://postgres@127.0.0.1:5432/$name"
     fi
-    # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
-    env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$url" \
-        POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
-        POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json $extra "$dir/postbox" >>"$TMP/$label.log" 2>&1 &
-    PB=$!
-    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+    start "$dir" "$url" "$ex" "$label" "$extra"
     for r in 1 2; do
         p0=$(ticks "$PB")
         g0=$(pg_ticks)
@@ -70,6 +78,29 @@ one() { # LABEL DIR EXTRA: one round of one build
     kill "$PB"
     wait "$PB" 2>/dev/null || true
     PB=
+    if ((DRAIN > 0)); then
+        # A backlog stored while the broker is out of reach, then published: events/s from the
+        # first message consumed to the last, and CPU per event meanwhile.
+        start "$dir" "$url" "$ex" "$label" "$extra" POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f"
+        "$dir/examples/bench" http --url "$URL" --n "$((DRAIN / 100))" --batch 100 --concurrency 8 >/dev/null
+        kill "$PB"
+        wait "$PB" 2>/dev/null || true
+        : >"$TMP/drain.out"
+        "$dir/examples/bench" drain --exchange "$ex" --n "$DRAIN" >"$TMP/drain.out" &
+        r=$!
+        until grep -q ready "$TMP/drain.out"; do sleep 0.1; done
+        start "$dir" "$url" "$ex" "$label" "$extra"
+        p0=$(ticks "$PB")
+        g0=$(pg_ticks)
+        wait "$r"
+        out=$(tail -n 1 "$TMP/drain.out")
+        [[ $(field "$out" "['missing']") == 0 ]] || { echo "$label: drain events missing: $out"; exit 1; }
+        echo "$label drain of $DRAIN: $(field "$out" "['per_s']")/s, postbox $(us "$p0" "$(ticks "$PB")" "$DRAIN") us/event$(
+            [[ $BACKEND == sqlite ]] || echo ", postgres $(us "$g0" "$(pg_ticks)" "$DRAIN") us/event")"
+        kill "$PB"
+        wait "$PB" 2>/dev/null || true
+        PB=
+    fi
     [[ $BACKEND == sqlite ]] || dropdb -w -h 127.0.0.1 -U postgres "$name"
 }
 

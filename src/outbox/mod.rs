@@ -1094,16 +1094,67 @@ mod tests {
     /// A relay whose lease ran out and whose rows were claimed and published by another
     /// cannot undo that: its late retry or release is fenced by its lease.
     #[tokio::test]
-    async fn a_stale_settlement_changes_nothing() {
-        use super::{OutboxStore, Settlement, Status, WriteRequest};
-        use std::time::Duration;
+    async fn a_stale_settlement_changes_nothing_sqlite() {
         let dir = tempfile::tempdir().unwrap();
-        let store = super::Store::open(&crate::config::StoreKind::Sqlite {
-            path: dir.path().join("o.db"),
-        })
+        a_stale_settlement_changes_nothing(&sqlite_store(&dir).await).await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_settlement_changes_nothing_postgres() {
+        let (store, name) = pg_store().await;
+        a_stale_settlement_changes_nothing(&store).await;
+        drop_pg(&name).await;
+    }
+
+    /// A claim that finds a row without its payload fails, and leaves no lease behind: the
+    /// rows are claimable again at once (PostgreSQL reads the payloads in the claim's own
+    /// statement, and gives the leases back when one is missing).
+    #[tokio::test]
+    async fn a_claim_missing_a_payload_fails_and_keeps_no_lease_postgres() {
+        use super::{OutboxStore, WriteRequest};
+        use std::time::Duration;
+        let (store, name) = pg_store().await;
+        let super::Store::Postgres(pg) = &store else {
+            panic!("a PostgreSQL store")
+        };
+        let (mut a, mut b) = (row("a"), row("b"));
+        a.ordering_key = None;
+        b.ordering_key = None;
+        store
+            .commit(&[WriteRequest {
+                rows: vec![a, b],
+                idempotency: None,
+            }])
+            .await
+            .unwrap();
+        sqlx::query(
+            "delete from outbox_payload where seq = (select seq from outbox where event_id = 'b')",
+        )
+        .execute(&pg.pool)
         .await
         .unwrap();
-        store.migrate().await.unwrap();
+        let err = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1 of 2 claimed events have no row in outbox_payload"),
+            "{err}"
+        );
+        let leased: i64 =
+            sqlx::query_scalar("select count(*) from outbox where lease_until is not null")
+                .fetch_one(&pg.pool)
+                .await
+                .unwrap();
+        assert_eq!(leased, 0, "the failed claim's leases are given back");
+        drop_pg(&name).await;
+    }
+
+    /// A relay whose lease ran out settles late: its retry and release must change nothing.
+    async fn a_stale_settlement_changes_nothing(store: &super::Store) {
+        use super::{OutboxStore, Settlement, Status, WriteRequest};
+        use std::time::Duration;
         store
             .commit(&[WriteRequest {
                 rows: vec![row("a"), row("b")],

@@ -317,8 +317,9 @@ impl PgStore {
             .await
     }
 
-    async fn mark_published(
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    /// Settle published rows: one statement for the whole batch.
+    async fn mark_published<'c>(
+        conn: impl sqlx::PgExecutor<'c>,
         seqs: &[i64],
         now: i64,
     ) -> StoreResult<()> {
@@ -328,9 +329,82 @@ impl PgStore {
         )
         .bind(now)
         .bind(seqs)
-        .execute(&mut **tx)
+        .execute(conn)
         .await
         .map(|_| ())
+    }
+
+    /// The claim (see [`super::sql::claim`]) and the claimed rows' payloads in one statement:
+    /// one round trip, and atomic without a transaction of its own. The rows to lease are an
+    /// array computed first (`= any(array(…))`): with `seq in (…)` the planner joined them to a
+    /// sequential scan of the whole outbox (17 of 45 ms of a 1,000-row claim, `EXPLAIN
+    /// ANALYZE` at a 100k backlog, and every claim on an outbox of up to a few 100k rows).
+    async fn claim_rows(
+        &self,
+        limit: u32,
+        lease: std::time::Duration,
+        after: i64,
+        scope: Option<&super::ClaimScope<'_>>,
+    ) -> StoreResult<Vec<super::Claimed>> {
+        use sqlx::Row as _;
+        let now = super::now_micros();
+        let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        let q = format!(
+            "with c as (update outbox set lease_until = $1 where seq = any(array({})) \
+             returning {}) \
+             select c.*, p.body, p.attributes from c left join outbox_payload p using (seq)",
+            super::sql::claim_candidates(
+                if scope.is_some() {
+                    Self::PARTITION_FILTER
+                } else {
+                    ""
+                },
+                Self::CLAIM_LOCK,
+            ),
+            super::sql::CLAIM_COLUMNS,
+        );
+        let mut query = sqlx::query(q.as_str())
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(after);
+        if let Some(scope) = scope {
+            query = Self::bind_partitions(query, scope)?;
+        }
+        let rows = query.fetch_all(&self.relay_pool).await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut missing = 0;
+        for r in &rows {
+            let mut c = super::sql::claimed_from_row!(r);
+            match r.try_get::<Option<Vec<u8>>, _>("body")? {
+                Some(body) => c.body = body,
+                None => missing += 1,
+            }
+            c.attributes = r
+                .try_get::<Option<String>, _>("attributes")?
+                .unwrap_or_default();
+            claimed.push(c);
+        }
+        drop(rows);
+        if missing > 0 {
+            // Give the leases back (as a failed transaction would have), so these rows and
+            // every later event of their keys do not wait for the lease to run out.
+            let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+            sqlx::query(
+                "update outbox set lease_until = null where seq = any($1) and lease_until = $2",
+            )
+            .bind(seqs)
+            .bind(lease_until)
+            .execute(&self.relay_pool)
+            .await?;
+            return Err(sqlx::Error::Protocol(format!(
+                "{missing} of {} claimed events have no row in outbox_payload",
+                claimed.len()
+            )));
+        }
+        // RETURNING does not promise an order; publish in commit order.
+        claimed.sort_by_key(|c| c.seq);
+        Ok(claimed)
     }
 }
 

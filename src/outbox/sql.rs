@@ -58,17 +58,24 @@ pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1 a
 
 /// The claim: lease (`$1` until) up to `$3` due rows (`$2` now) with a `seq` above `$4`, in
 /// commit order; `filter` narrows the rows (partitions), `lock` is appended to their selection.
-/// A keyed row is taken only when it is the oldest pending row of its key.
+/// A keyed row is taken only when it is the oldest pending row of its key. (SQLite's form; see
+/// [`claim_candidates`] for the selection alone.)
 pub fn claim(filter: &str, lock: &str) -> String {
     format!(
-        "update outbox set lease_until = $1 where seq in \
-         (select o.seq from outbox o where o.status = 'pending' and o.seq > $4 \
+        "update outbox set lease_until = $1 where seq in ({}) returning {CLAIM_COLUMNS}",
+        claim_candidates(filter, lock)
+    )
+}
+
+/// The `seq`s a claim takes (see [`claim`]).
+pub fn claim_candidates(filter: &str, lock: &str) -> String {
+    format!(
+        "select o.seq from outbox o where o.status = 'pending' and o.seq > $4 \
           and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {filter} \
           and (o.ordering_key is null or not exists \
             (select 1 from outbox p where p.ordering_key = o.ordering_key \
              and p.status = 'pending' and p.seq < o.seq)) \
-          order by o.seq limit $3 {lock}) \
-         returning {CLAIM_COLUMNS}"
+          order by o.seq limit $3 {lock}"
     )
 }
 
@@ -101,9 +108,10 @@ pub(crate) use claimed_from_row;
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
 /// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
 /// `migrator()`, `insert_rows(tx, rows, now)` (new rows and their payloads; returns
-/// `(seq, source, event_id)` of those inserted), `mark_published(tx, seqs, now)`, a
-/// `CLAIM_LOCK` clause appended to the claim's row selection, and a `PARTITION_FILTER` condition from `$5` on, bound by
-/// `bind_partitions` from a [`ClaimScope`](crate::outbox::ClaimScope).
+/// `(seq, source, event_id)` of those inserted), `mark_published(executor, seqs, now)`, and
+/// `claim_rows(limit, lease, after, scope)` (a claim the store's lane does not serve), besides
+/// `lane()`, `upkeep_pool()`, `serialize_writes()`, `begin_write()`, `run_migrations()`,
+/// `SEQ_IN_1` and `bind_seqs`.
 macro_rules! shared_store_impl {
     ($store:ty, $db:ty, $name:literal) => {
         impl $crate::outbox::OutboxStore for $store {
@@ -170,62 +178,7 @@ macro_rules! shared_store_impl {
                     let _serial = self.serialize_writes().await;
                     return lane.claim(limit, lease, after).await;
                 }
-                let now = $crate::outbox::now_micros();
-                let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-                let q = $crate::outbox::sql::claim(
-                    if scope.is_some() { Self::PARTITION_FILTER } else { "" },
-                    Self::CLAIM_LOCK,
-                );
-                let _serial = self.serialize_writes().await;
-                let mut query = sqlx::query(q.as_str())
-                    .bind(lease_until)
-                    .bind(now)
-                    .bind(i64::from(limit))
-                    .bind(after);
-                if let Some(scope) = scope {
-                    query = Self::bind_partitions(query, scope)?;
-                }
-                // The lease and the payloads in one transaction: if reading the payloads fails,
-                // the lease is not taken either (else the rows, and every later event of their
-                // keys, would wait for the lease to run out).
-                let mut tx = $crate::outbox::pool::begin(&self.relay_pool, None).await?;
-                let rows = query.fetch_all(&mut *tx).await?;
-                let mut claimed = Vec::with_capacity(rows.len());
-                for r in &rows {
-                    claimed.push($crate::outbox::sql::claimed_from_row!(r));
-                }
-                drop(rows);
-                // RETURNING does not promise an order; publish in commit order.
-                claimed.sort_by_key(|c| c.seq);
-                if claimed.is_empty() {
-                    tx.commit().await?;
-                    return Ok(claimed);
-                }
-                let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
-                let q = format!(
-                    "select seq, body, attributes from outbox_payload where seq {}",
-                    Self::SEQ_IN_1
-                );
-                let payloads = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
-                    .fetch_all(&mut *tx)
-                    .await?;
-                if payloads.len() != claimed.len() {
-                    return Err(sqlx::Error::Protocol(format!(
-                        "{} of {} claimed events have no row in outbox_payload",
-                        claimed.len() - payloads.len().min(claimed.len()),
-                        claimed.len()
-                    )));
-                }
-                for p in &payloads {
-                    use sqlx::Row as _;
-                    let seq: i64 = p.try_get(0)?;
-                    if let Ok(i) = claimed.binary_search_by_key(&seq, |c| c.seq) {
-                        claimed[i].body = p.try_get(1)?;
-                        claimed[i].attributes = p.try_get(2)?;
-                    }
-                }
-                tx.commit().await?;
-                Ok(claimed)
+                self.claim_rows(limit, lease, after, scope).await
             }
 
             async fn settle(
@@ -244,10 +197,17 @@ macro_rules! shared_store_impl {
                         _ => None,
                     })
                     .collect();
+                if results.is_empty() {
+                    return Ok(());
+                }
                 let _serial = self.serialize_writes().await;
+                if published.len() == results.len() {
+                    // The common case: one statement, no transaction (one round trip).
+                    return Self::mark_published(&self.relay_pool, &published, now).await;
+                }
                 let mut tx = $crate::outbox::pool::begin(&self.relay_pool, None).await?;
                 if !published.is_empty() {
-                    Self::mark_published(&mut tx, &published, now).await?;
+                    Self::mark_published(&mut *tx, &published, now).await?;
                 }
                 Self::settle_others(&mut tx, results, now).await?;
                 tx.commit().await

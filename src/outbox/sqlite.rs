@@ -184,9 +184,6 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// One writer at a time in SQLite: nothing to skip.
-    const CLAIM_LOCK: &'static str = "";
-
     /// The claim's partitions travel as one JSON array (`$5`); one instance owns an embedded
     /// outbox, so there is no lease to fence by.
     const PARTITION_FILTER: &'static str =
@@ -269,9 +266,80 @@ impl SqliteStore {
         Ok(out)
     }
 
+    /// A claim outside the lane: only one with a scope gets here, which no SQLite outbox makes
+    /// (it has one instance, owning every partition); kept so the trait holds for any caller.
+    async fn claim_rows(
+        &self,
+        limit: u32,
+        lease: std::time::Duration,
+        after: i64,
+        scope: Option<&super::ClaimScope<'_>>,
+    ) -> StoreResult<Vec<super::Claimed>> {
+        let now = super::now_micros();
+        let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
+        let q = super::sql::claim(
+            if scope.is_some() {
+                Self::PARTITION_FILTER
+            } else {
+                ""
+            },
+            "",
+        );
+        let _serial = self.serialize_writes().await;
+        let mut query = sqlx::query(q.as_str())
+            .bind(lease_until)
+            .bind(now)
+            .bind(i64::from(limit))
+            .bind(after);
+        if let Some(scope) = scope {
+            query = Self::bind_partitions(query, scope)?;
+        }
+        // The lease and the payloads in one transaction: if reading the payloads fails,
+        // the lease is not taken either (else the rows, and every later event of their
+        // keys, would wait for the lease to run out).
+        let mut tx = super::pool::begin(&self.relay_pool, None).await?;
+        let rows = query.fetch_all(&mut *tx).await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for r in &rows {
+            claimed.push(super::sql::claimed_from_row!(r));
+        }
+        drop(rows);
+        // RETURNING does not promise an order; publish in commit order.
+        claimed.sort_by_key(|c| c.seq);
+        if claimed.is_empty() {
+            tx.commit().await?;
+            return Ok(claimed);
+        }
+        let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
+        let q = format!(
+            "select seq, body, attributes from outbox_payload where seq {}",
+            Self::SEQ_IN_1
+        );
+        let payloads = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
+            .fetch_all(&mut *tx)
+            .await?;
+        if payloads.len() != claimed.len() {
+            return Err(sqlx::Error::Protocol(format!(
+                "{} of {} claimed events have no row in outbox_payload",
+                claimed.len() - payloads.len().min(claimed.len()),
+                claimed.len()
+            )));
+        }
+        for p in &payloads {
+            use sqlx::Row as _;
+            let seq: i64 = p.try_get(0)?;
+            if let Ok(i) = claimed.binary_search_by_key(&seq, |c| c.seq) {
+                claimed[i].body = p.try_get(1)?;
+                claimed[i].attributes = p.try_get(2)?;
+            }
+        }
+        tx.commit().await?;
+        Ok(claimed)
+    }
+
     /// One statement for the whole batch: the seqs travel as one JSON array.
-    async fn mark_published(
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    async fn mark_published<'c>(
+        conn: impl sqlx::SqliteExecutor<'c>,
         seqs: &[i64],
         now: i64,
     ) -> StoreResult<()> {
@@ -279,7 +347,7 @@ impl SqliteStore {
         sqlx::query(super::sqlite_lane::MARK_PUBLISHED)
             .bind(now)
             .bind(ids)
-            .execute(&mut **tx)
+            .execute(conn)
             .await
             .map(|_| ())
     }

@@ -419,7 +419,7 @@ fn check_key(tx: &Connection, req: &WriteRequest) -> StoreResult<Option<WriteOut
 fn claim(c: &mut Connection, limit: u32, lease: Duration, after: i64) -> StoreResult<Vec<Claimed>> {
     let now = now_micros();
     let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-    // The lease and the payloads in one transaction (see `claim` in `sql.rs`).
+    // The lease and the payloads in one transaction (see `claim_rows` in `sqlite.rs`).
     let tx = c
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(db)?;
