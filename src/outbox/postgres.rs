@@ -183,6 +183,13 @@ impl PgStore {
                 include_str!("../../migrations/postgres/0011_schema_registry.sql").into(),
                 false,
             ),
+            Migration::new(
+                12,
+                "fewer indexes".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/postgres/0012_fewer_indexes.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),

@@ -175,6 +175,13 @@ impl SqliteStore {
                 include_str!("../../migrations/sqlite/0011_schema_registry.sql").into(),
                 false,
             ),
+            Migration::new(
+                12,
+                "fewer indexes".into(),
+                MigrationType::Simple,
+                include_str!("../../migrations/sqlite/0012_fewer_indexes.sql").into(),
+                false,
+            ),
         ];
         Migrator {
             migrations: migrations.into(),
