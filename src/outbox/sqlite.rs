@@ -191,20 +191,6 @@ impl SqliteStore {
 }
 
 impl SqliteStore {
-    /// The claim's partitions travel as one JSON array (`$5`); one instance owns an embedded
-    /// outbox, so there is no lease to fence by.
-    const PARTITION_FILTER: &'static str =
-        "and o.partition_id in (select value from json_each($5))";
-
-    fn bind_partitions<'q>(
-        query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>,
-        scope: &crate::outbox::ClaimScope<'_>,
-    ) -> StoreResult<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>> {
-        let ids = serde_json::to_string(scope.partitions)
-            .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
-        Ok(query.bind(ids))
-    }
-
     /// `seq` in the list bound as `$1` (a JSON array).
     const SEQ_IN_1: &'static str = "in (select value from json_each($1))";
 
@@ -273,75 +259,21 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// A claim outside the lane: only one with a scope gets here, which no SQLite outbox makes
-    /// (it has one instance, owning every partition); kept so the trait holds for any caller.
+    /// A claim with a partition scope. Only PostgreSQL outboxes split the partitions between
+    /// instances; an embedded SQLite outbox has one instance, which owns every partition and
+    /// claims through the lane, so no caller makes one.
     async fn claim_rows(
         &self,
-        limit: u32,
-        lease: std::time::Duration,
-        after: i64,
-        scope: Option<&super::ClaimScope<'_>>,
+        _limit: u32,
+        _lease: std::time::Duration,
+        _after: i64,
+        _scope: Option<&super::ClaimScope<'_>>,
     ) -> StoreResult<Vec<super::Claimed>> {
-        let now = super::now_micros();
-        let lease_until = now + i64::try_from(lease.as_micros()).unwrap_or(i64::MAX / 2);
-        let q = super::sql::claim(
-            if scope.is_some() {
-                Self::PARTITION_FILTER
-            } else {
-                ""
-            },
-            "",
-        );
-        let _serial = self.serialize_writes().await;
-        let mut query = sqlx::query(q.as_str())
-            .bind(lease_until)
-            .bind(now)
-            .bind(i64::from(limit))
-            .bind(after);
-        if let Some(scope) = scope {
-            query = Self::bind_partitions(query, scope)?;
-        }
-        // The lease and the payloads in one transaction: if reading the payloads fails,
-        // the lease is not taken either (else the rows, and every later event of their
-        // keys, would wait for the lease to run out).
-        let mut tx = super::pool::begin(&self.relay_pool, None).await?;
-        let rows = query.fetch_all(&mut *tx).await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            claimed.push(super::sql::claimed_from_row!(r));
-        }
-        drop(rows);
-        // RETURNING does not promise an order; publish in commit order.
-        claimed.sort_by_key(|c| c.seq);
-        if claimed.is_empty() {
-            tx.commit().await?;
-            return Ok(claimed);
-        }
-        let seqs: Vec<i64> = claimed.iter().map(|c| c.seq).collect();
-        let q = format!(
-            "select seq, body, attributes from outbox_payload where seq {}",
-            Self::SEQ_IN_1
-        );
-        let payloads = Self::bind_seqs(sqlx::query(q.as_str()), &seqs)?
-            .fetch_all(&mut *tx)
-            .await?;
-        if payloads.len() != claimed.len() {
-            return Err(sqlx::Error::Protocol(format!(
-                "{} of {} claimed events have no row in outbox_payload",
-                claimed.len() - payloads.len().min(claimed.len()),
-                claimed.len()
-            )));
-        }
-        for p in &payloads {
-            use sqlx::Row as _;
-            let seq: i64 = p.try_get(0)?;
-            if let Ok(i) = claimed.binary_search_by_key(&seq, |c| c.seq) {
-                claimed[i].body = p.try_get(1)?;
-                claimed[i].attributes = p.try_get(2)?;
-            }
-        }
-        tx.commit().await?;
-        Ok(claimed)
+        Err(sqlx::Error::Protocol(
+            "a SQLite outbox has one instance, which claims every partition: \
+             a claim with a partition scope is for PostgreSQL"
+                .into(),
+        ))
     }
 
     /// One statement for the whole batch: the seqs travel as one JSON array.
@@ -367,6 +299,61 @@ shared_store_impl!(SqliteStore, sqlx::Sqlite, "SQLite");
 mod tests {
     use super::*;
     use crate::outbox::{OutboxStore, WriteOutcome, WriteRequest};
+
+    /// Partition scopes are PostgreSQL's: a SQLite claim with one is refused, and claims
+    /// without one (through the lane) take every partition's rows.
+    #[tokio::test]
+    async fn a_claim_with_a_partition_scope_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("o.db")).await.unwrap();
+        store.migrate().await.unwrap();
+        let mut rows = Vec::new();
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            rows.push(crate::outbox::NewRow {
+                event_id: format!("e{i}"),
+                source: "/s".into(),
+                event_type: "order.paid".into(),
+                version: "v1".into(),
+                ce_type: "order.paid".into(),
+                subject: None,
+                ordering_key: Some(key.into()),
+                event_time: 0,
+                routing_key: "events.order.paid.v1".into(),
+                body: b"{}".to_vec(),
+                attributes: "{}".into(),
+                content_hash: vec![1; 32],
+                traceparent: None,
+                api_key: None,
+                tracestate: None,
+            });
+        }
+        store
+            .commit(&[WriteRequest {
+                rows,
+                idempotency: None,
+            }])
+            .await
+            .unwrap();
+        let scope = crate::outbox::ClaimScope {
+            partitions: &[0, 1, 2],
+            epochs: &[1, 1, 1],
+            owner: "me",
+        };
+        let refused = store
+            .claim(10, Duration::from_secs(60), 0, Some(&scope))
+            .await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e
+                .to_string()
+                .contains("a claim with a partition scope is for PostgreSQL")),
+            "{refused:?}"
+        );
+        let all = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3, "every partition's rows, through the lane");
+    }
 
     /// A prune that meets another process's write lock gives up after the relay's short busy
     /// wait, not the writer's 5 s: it holds this process's turn to write meanwhile, and a
