@@ -1151,6 +1151,50 @@ mod tests {
         drop_pg(&name).await;
     }
 
+    /// Partition scopes are PostgreSQL's: a SQLite claim with one is refused, and claims
+    /// without one (through the lane) take every partition's rows.
+    #[tokio::test]
+    async fn a_sqlite_claim_with_a_partition_scope_is_refused() {
+        use super::{ClaimScope, OutboxStore, WriteRequest};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let rows = ["a", "b", "c"]
+            .into_iter()
+            .map(|key| {
+                let mut r = row(&format!("e-{key}"));
+                r.ordering_key = Some(key.into());
+                r
+            })
+            .collect();
+        store
+            .commit(&[WriteRequest {
+                rows,
+                idempotency: None,
+            }])
+            .await
+            .unwrap();
+        let scope = ClaimScope {
+            partitions: &[0, 1, 2],
+            epochs: &[1, 1, 1],
+            owner: "me",
+        };
+        let refused = store
+            .claim(10, Duration::from_secs(60), 0, Some(&scope))
+            .await;
+        assert!(
+            refused.as_ref().is_err_and(|e| e
+                .to_string()
+                .contains("a claim with a partition scope is for PostgreSQL")),
+            "{refused:?}"
+        );
+        let all = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 3, "every partition's rows, through the lane");
+    }
+
     /// A relay whose lease ran out settles late: its retry and release must change nothing.
     async fn a_stale_settlement_changes_nothing(store: &super::Store) {
         use super::{OutboxStore, Settlement, Status, WriteRequest};

@@ -300,61 +300,6 @@ mod tests {
     use super::*;
     use crate::outbox::{OutboxStore, WriteOutcome, WriteRequest};
 
-    /// Partition scopes are PostgreSQL's: a SQLite claim with one is refused, and claims
-    /// without one (through the lane) take every partition's rows.
-    #[tokio::test]
-    async fn a_claim_with_a_partition_scope_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("o.db")).await.unwrap();
-        store.migrate().await.unwrap();
-        let mut rows = Vec::new();
-        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
-            rows.push(crate::outbox::NewRow {
-                event_id: format!("e{i}"),
-                source: "/s".into(),
-                event_type: "order.paid".into(),
-                version: "v1".into(),
-                ce_type: "order.paid".into(),
-                subject: None,
-                ordering_key: Some(key.into()),
-                event_time: 0,
-                routing_key: "events.order.paid.v1".into(),
-                body: b"{}".to_vec(),
-                attributes: "{}".into(),
-                content_hash: vec![1; 32],
-                traceparent: None,
-                api_key: None,
-                tracestate: None,
-            });
-        }
-        store
-            .commit(&[WriteRequest {
-                rows,
-                idempotency: None,
-            }])
-            .await
-            .unwrap();
-        let scope = crate::outbox::ClaimScope {
-            partitions: &[0, 1, 2],
-            epochs: &[1, 1, 1],
-            owner: "me",
-        };
-        let refused = store
-            .claim(10, Duration::from_secs(60), 0, Some(&scope))
-            .await;
-        assert!(
-            refused.as_ref().is_err_and(|e| e
-                .to_string()
-                .contains("a claim with a partition scope is for PostgreSQL")),
-            "{refused:?}"
-        );
-        let all = store
-            .claim(10, Duration::from_secs(60), 0, None)
-            .await
-            .unwrap();
-        assert_eq!(all.len(), 3, "every partition's rows, through the lane");
-    }
-
     /// A prune that meets another process's write lock gives up after the relay's short busy
     /// wait, not the writer's 5 s: it holds this process's turn to write meanwhile, and a
     /// request's commit queued behind it used to wait 5 s for the prune, then 5 s of its own,
