@@ -218,17 +218,25 @@ impl NatsSink {
                 ..Default::default()
             })
             .await?;
-        let consumer: async_nats::jetstream::consumer::PullConsumer = s
-            .create_consumer(async_nats::jetstream::consumer::pull::Config {
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-                ..Default::default()
-            })
+        // An ordered consumer: when it misses a heartbeat (this process starved of CPU on a
+        // busy machine) it recreates itself from the last stream sequence it saw, where a plain
+        // pull consumer without acks would have dropped what was on the way.
+        let consumer = s
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
             .await?;
         let seen = Arc::new(Mutex::new(SinkState::default()));
         let state = seen.clone();
         let mut messages = consumer.messages().await?;
         tokio::spawn(async move {
-            while let Some(Ok(m)) = messages.next().await {
+            while let Some(m) = messages.next().await {
+                // The ordered consumer reports trouble it recovers from as an error item.
+                let m = match m {
+                    Ok(m) => m,
+                    Err(e) => {
+                        eprintln!("nats consumer: {e}");
+                        continue;
+                    }
+                };
                 let now = Instant::now();
                 let wall = time::OffsetDateTime::now_utc();
                 let id = m
