@@ -21,6 +21,7 @@ ROUNDS=${ROUNDS:-3}
 N=${N:-20000}
 RATE=${RATE:-1800}
 DRAIN=${DRAIN:-0}
+DRAIN_SINK=${DRAIN_SINK:-amqp}
 PORT=18190
 URL="http://127.0.0.1:$PORT/v1/events"
 TICK=$(getconf CLK_TCK)
@@ -34,6 +35,7 @@ cleanup() {
 trap cleanup EXIT
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+nats_pid() { ss -ltnpH 'sport = :4222' 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2; }
 pg_ticks() {
     local t=0 p
     for p in $(pgrep -x postgres || true); do t=$((t + $(ticks "$p"))); done
@@ -81,22 +83,33 @@ one() { # LABEL DIR EXTRA: one round of one build
     if ((DRAIN > 0)); then
         # A backlog stored while the broker is out of reach, then published: events/s from the
         # first message consumed to the last, and CPU per event meanwhile.
-        start "$dir" "$url" "$ex" "$label" "$extra" POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f"
+        local sink=() dest=(--exchange "$ex") bpid b0 broker=RabbitMQ
+        bpid=$(pgrep -f 'beam.*rabbit' | head -n 1)
+        if [[ $DRAIN_SINK == nats ]]; then
+            local stream="ABDR$RANDOM$RANDOM" prefix="abdr$RANDOM$RANDOM"
+            sink=(POSTBOX_SINK=nats POSTBOX_NATS_STREAM="$stream" POSTBOX_ROUTING_PREFIX="$prefix")
+            dest=(--stream "$stream" --prefix "$prefix")
+            bpid=$(nats_pid)
+            broker=nats-server
+        fi
+        start "$dir" "$url" "$ex" "$label" "$extra" "${sink[@]}" \
+            POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" POSTBOX_NATS_URL="nats://127.0.0.1:1"
         "$dir/examples/bench" http --url "$URL" --n "$((DRAIN / 100))" --batch 100 --concurrency 8 >/dev/null
         kill "$PB"
         wait "$PB" 2>/dev/null || true
         : >"$TMP/drain.out"
-        "$dir/examples/bench" drain --exchange "$ex" --n "$DRAIN" >"$TMP/drain.out" &
+        "$dir/examples/bench" drain "${dest[@]}" --n "$DRAIN" >"$TMP/drain.out" &
         r=$!
         until grep -q ready "$TMP/drain.out"; do sleep 0.1; done
-        start "$dir" "$url" "$ex" "$label" "$extra"
+        start "$dir" "$url" "$ex" "$label" "$extra" "${sink[@]}"
         p0=$(ticks "$PB")
         g0=$(pg_ticks)
+        b0=$(ticks "$bpid")
         wait "$r"
         out=$(tail -n 1 "$TMP/drain.out")
         [[ $(field "$out" "['missing']") == 0 ]] || { echo "$label: drain events missing: $out"; exit 1; }
-        echo "$label drain of $DRAIN: $(field "$out" "['per_s']")/s, postbox $(us "$p0" "$(ticks "$PB")" "$DRAIN") us/event$(
-            [[ $BACKEND == sqlite ]] || echo ", postgres $(us "$g0" "$(pg_ticks)" "$DRAIN") us/event")"
+        echo "$label drain of $DRAIN to $DRAIN_SINK: $(field "$out" "['per_s']")/s, postbox $(us "$p0" "$(ticks "$PB")" "$DRAIN") us/event$(
+            [[ $BACKEND == sqlite ]] || echo ", postgres $(us "$g0" "$(pg_ticks)" "$DRAIN") us/event"), $broker $(us "$b0" "$(ticks "$bpid")" "$DRAIN") us/event"
         kill "$PB"
         wait "$PB" 2>/dev/null || true
         PB=
