@@ -106,37 +106,58 @@ NATS_PID=$(nats_pid)
 [[ -n "$RABBIT_PID" ]] || die "cannot find RabbitMQ's pid (rabbitmqctl eval needs root or the Erlang cookie)"
 # us_per TICKS_BEFORE PID EVENTS: CPU µs per event that PID spent since the sample.
 us_per() { python3 -c "print(round(($(cpu_ticks "$2") - $1) / $TICK * 1e6 / max(1, $3), 1))"; }
+# PostgreSQL's CPU (every server process) and the machine's busy share: whether a row was bound
+# by the two cores or by waiting.
+pg_ticks() {
+    local t=0 p
+    for p in $(pgrep -x postgres || true); do t=$((t + $(cpu_ticks "$p"))); done
+    echo "$t"
+}
+pg_us_per() { python3 -c "print(round(($(pg_ticks) - $1) / $TICK * 1e6 / max(1, $2), 1))"; }
+CPUS=$(nproc)
+idle_mark() { echo "$(awk '/^cpu / {print $5 + $6}' /proc/stat) $(date +%s.%N)"; }
+busy_since() { # "idle wall" from idle_mark -> % of all cores busy since then
+    local now
+    now=$(idle_mark)
+    python3 -c "
+i0, w0 = map(float, '$1'.split()); i1, w1 = map(float, '$now'.split())
+print(round(100 * (1 - (i1 - i0) / $TICK / max(1e-9, (w1 - w0) * $CPUS))))"
+}
 
 # --- ceilings -------------------------------------------------------------------------------
 declare -A CEIL CEIL_CPU
 for shape in plain full lean; do
     say "broker ceiling, $shape shape: raw lapin, 1 KB persistent + mandatory, confirms window 1000"
-    vals=() cpus=()
+    vals=() cpus=() busy=()
     for r in $(seq 1 "$REPS"); do
         t0=$(cpu_ticks "$RABBIT_PID")
+        m0=$(idle_mark)
         out=$($BENCH broker --exchange "bench-raw-$RUN" --n "$N" --window 1000 --shape "$shape")
+        busy+=("$(busy_since "$m0")")
         check_delivery "$out" "broker ceiling ($shape)"
         cpus+=("$(us_per "$t0" "$RABBIT_PID" "$N")")
         vals+=("$(json "$out" "['per_s']")")
     done
     CEIL[$shape]=$(median "${vals[@]}")
     CEIL_CPU[$shape]=$(median "${cpus[@]}")
-    record "{\"row\":\"broker ceiling, $shape shape (raw lapin)\",\"per_s\":${CEIL[$shape]},\"broker_us\":${CEIL_CPU[$shape]}}"
+    record "{\"row\":\"broker ceiling, $shape shape (raw lapin)\",\"per_s\":${CEIL[$shape]},\"broker_us\":${CEIL_CPU[$shape]},\"busy\":$(median "${busy[@]}")}"
 done
 
 NATS_CEIL=""
 if [[ -n "$NATS_PID" ]]; then
     say "NATS ceiling: raw async-nats JetStream publish, the same 1 KB CloudEvent and headers, window 1000"
-    vals=() cpus=()
+    vals=() cpus=() busy=()
     for r in $(seq 1 "$REPS"); do
         t0=$(cpu_ticks "$NATS_PID")
+        m0=$(idle_mark)
         out=$($BENCH nats --stream "BENCHRAW$r$RANDOM" --prefix "benchraw$r$RANDOM" --n "$N" --window 1000)
+        busy+=("$(busy_since "$m0")")
         check_delivery "$out" "NATS ceiling"
         cpus+=("$(us_per "$t0" "$NATS_PID" "$N")")
         vals+=("$(json "$out" "['per_s']")")
     done
     NATS_CEIL=$(median "${vals[@]}")
-    record "{\"row\":\"NATS JetStream ceiling (raw async-nats)\",\"per_s\":$NATS_CEIL,\"broker_us\":$(median "${cpus[@]}"),\"vs\":\"nats\"}"
+    record "{\"row\":\"NATS JetStream ceiling (raw async-nats)\",\"per_s\":$NATS_CEIL,\"broker_us\":$(median "${cpus[@]}"),\"busy\":$(median "${busy[@]}"),\"vs\":\"nats\"}"
 else
     say "no NATS server on 127.0.0.1:4222: NATS rows skipped"
 fi
@@ -203,19 +224,26 @@ single() {
     local bpid=$RABBIT_PID
     [[ $vs == nats ]] && bpid=$NATS_PID
     say "postbox ($label): single-event POSTs, $N per run, concurrency $C"
-    local vals=() pcpu=() bcpu=() p0 b0 out
+    local vals=() pcpu=() bcpu=() dcpu=() busy=() p0 b0 d0 m0 out
     for r in $(seq 1 "$REPS"); do
         p0=$(cpu_ticks "$PB_PID")
         b0=$(cpu_ticks "$bpid")
+        d0=$(pg_ticks)
+        m0=$(idle_mark)
         out=$($BENCH http --url "$URL" --n "$N" --concurrency "$C" "$@")
+        busy+=("$(busy_since "$m0")")
+        dcpu+=("$(pg_us_per "$d0" "$N")")
         check_delivery "$out" "postbox $label single"
         pcpu+=("$(us_per "$p0" "$PB_PID" "$N")")
         bcpu+=("$(us_per "$b0" "$bpid" "$N")")
         vals+=("$(json "$out" "['events_per_s']")")
     done
     SINGLE=$(median "${vals[@]}")
-    record "{\"row\":\"postbox $label, single-event POSTs\",\"per_s\":$SINGLE,\"ceiling\":$ceil,\"postbox_us\":$(median "${pcpu[@]}"),\"broker_us\":$(median "${bcpu[@]}"),\"vs\":\"$vs\"}"
+    record "{\"row\":\"postbox $label, single-event POSTs\",\"per_s\":$SINGLE,\"ceiling\":$ceil,\"postbox_us\":$(median "${pcpu[@]}"),\"broker_us\":$(median "${bcpu[@]}"),$(db_field "$(median "${dcpu[@]}")")\"busy\":$(median "${busy[@]}"),\"vs\":\"$vs\"}"
 }
+
+# db_field US: a JSON field with PostgreSQL's CPU per event, on PostgreSQL rows only.
+db_field() { [[ ${CURRENT_BACKEND:-} == postgres ]] && printf '"db_us":%s,' "$1" || true; }
 
 # latency LABEL: open loop at half of SINGLE; 202 and relay-lag percentiles.
 latency() {
@@ -234,7 +262,7 @@ print(json.dumps({'row': 'postbox $label at %d events/s (50%% of peak)' % d['rat
 # broker is unreachable, then let the relay publish them: events/s from the first message
 # consumed to the last, and postbox's CPU per event meanwhile (the relay's work only).
 drain() {
-    local backend=$1 label=$2 ceil=$3 vs=$4 db out us p0 dpid
+    local backend=$1 label=$2 ceil=$3 vs=$4 db out us p0 dpid bpid=$RABBIT_PID b0 d0 m0
     shift 4
     db=$(new_db "$backend")
     say "postbox ($label): relay drain of a $BACKLOG-event backlog"
@@ -249,32 +277,47 @@ drain() {
     $BENCH drain "${sink_args[@]}" --n "$BACKLOG" >"$TMP/drain.out" &
     dpid=$!
     until grep -q ready "$TMP/drain.out"; do sleep 0.1; done
+    [[ $vs == nats ]] && bpid=$NATS_PID
     start_postbox "$db" "$@"
     p0=$(cpu_ticks "$PB_PID")
+    b0=$(cpu_ticks "$bpid")
+    d0=$(pg_ticks)
+    m0=$(idle_mark)
     wait "$dpid"
+    local busy
+    busy=$(busy_since "$m0")
     us=$(us_per "$p0" "$PB_PID" "$BACKLOG")
+    b0=$(us_per "$b0" "$bpid" "$BACKLOG")
+    d0=$(pg_us_per "$d0" "$BACKLOG")
     stop_postbox
     out=$(tail -n 1 "$TMP/drain.out")
     check_delivery "$out" "postbox $label drain"
-    record "{\"row\":\"postbox $label, relay drain of $BACKLOG\",\"per_s\":$(json "$out" "['per_s']"),\"ceiling\":$ceil,\"postbox_us\":$us,\"vs\":\"$vs\"}"
+    record "{\"row\":\"postbox $label, relay drain of $BACKLOG\",\"per_s\":$(json "$out" "['per_s']"),\"ceiling\":$ceil,\"postbox_us\":$us,\"broker_us\":$b0,$(db_field "$d0")\"busy\":$busy,\"vs\":\"$vs\"}"
 }
 
 URL="http://127.0.0.1:$PORT/v1/events"
 for backend in $BACKENDS; do
+    CURRENT_BACKEND=$backend
     EXCHANGE="bench-pb-$backend-$RUN"
     start_postbox "$(new_db "$backend")"
     single "$backend" "${CEIL[full]}" amqp --exchange "$EXCHANGE"
 
     say "postbox ($backend): batch POSTs of 100, $BATCHES per run, concurrency 8"
-    vals=() pcpu=()
+    vals=() pcpu=() bcpu=() dcpu=() busy=()
     for r in $(seq 1 "$REPS"); do
         p0=$(cpu_ticks "$PB_PID")
+        b0=$(cpu_ticks "$RABBIT_PID")
+        d0=$(pg_ticks)
+        m0=$(idle_mark)
         out=$($BENCH http --url "$URL" --n "$BATCHES" --batch 100 --concurrency 8 --exchange "$EXCHANGE")
+        busy+=("$(busy_since "$m0")")
+        dcpu+=("$(pg_us_per "$d0" "$((BATCHES * 100))")")
         check_delivery "$out" "postbox $backend batch"
         pcpu+=("$(us_per "$p0" "$PB_PID" "$((BATCHES * 100))")")
+        bcpu+=("$(us_per "$b0" "$RABBIT_PID" "$((BATCHES * 100))")")
         vals+=("$(json "$out" "['events_per_s']")")
     done
-    record "{\"row\":\"postbox $backend, batch POSTs (100)\",\"per_s\":$(median "${vals[@]}"),\"ceiling\":${CEIL[full]},\"postbox_us\":$(median "${pcpu[@]}"),\"vs\":\"amqp\"}"
+    record "{\"row\":\"postbox $backend, batch POSTs (100)\",\"per_s\":$(median "${vals[@]}"),\"ceiling\":${CEIL[full]},\"postbox_us\":$(median "${pcpu[@]}"),\"broker_us\":$(median "${bcpu[@]}"),$(db_field "$(median "${dcpu[@]}")")\"busy\":$(median "${busy[@]}"),\"vs\":\"amqp\"}"
 
     latency "$backend" --exchange "$EXCHANGE"
     record "{\"row\":\"postbox $backend, peak RSS\",\"rss_mb\":$(python3 -c "print($(rss_kb "$PB_PID" VmHWM)/1024)")}"
@@ -384,6 +427,7 @@ SQL
 
 if [[ "$BIG" -gt 0 ]]; then
     for backend in $BACKENDS; do
+        CURRENT_BACKEND=$backend
         EXCHANGE="bench-pb-big-$backend-$RUN"
         db=$(new_db "$backend")
         start_postbox "$db" # migrates
@@ -420,28 +464,33 @@ python3 - "$RESULTS" "${CEIL[plain]}" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 plain = float(sys.argv[2])
-print("\n| row | figure | vs its ceiling | vs plain ceiling | CPU µs per event: postbox / broker |")
-print("| --- | --- | --- | --- | --- |")
+print("\n| row | figure | vs its ceiling | vs plain ceiling | CPU µs per event: postbox / broker (/ PostgreSQL) | machine busy |")
+print("| --- | --- | --- | --- | --- | --- |")
 for r in rows:
     name = r["row"]
     cpu = ""
     if "postbox_us" in r or "broker_us" in r:
         cpu = f"{r.get('postbox_us', '–')} / {r.get('broker_us', '–')}"
+        if "db_us" in r:
+            cpu += f" / {r['db_us']}"
+    busy = f"{float(r['busy']):.0f}%" if "busy" in r else ""
     if "per_s" in r:
         ceil = r.get("ceiling")
         vs_ceil = f"{r['per_s'] / ceil:.0%}" if ceil else ""
         vs_plain = f"{r['per_s'] / plain:.0%}" if r.get("vs", "amqp") == "amqp" else ""
-        print(f"| {name} | {r['per_s']:,.0f} /s | {vs_ceil} | {vs_plain} | {cpu} |")
+        print(f"| {name} | {r['per_s']:,.0f} /s | {vs_ceil} | {vs_plain} | {cpu} | {busy} |")
     elif "p50_ms" in r:
-        print(f"| {name} | 202 p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; relay lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms | | | |")
+        print(f"| {name} | 202 p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; relay lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms | | | | |")
     elif "rss_mb" in r:
-        print(f"| {name} | {r['rss_mb']:.0f} MB | | | |")
+        print(f"| {name} | {r['rss_mb']:.0f} MB | | | | |")
     elif "count" in r:
-        print(f"| {name} | {r['count']:.0f} | | | |")
+        print(f"| {name} | {r['count']:.0f} | | | | |")
     elif "bytes" in r:
-        print(f"| {name} | {r['bytes']:,} bytes | | | |")
+        print(f"| {name} | {r['bytes']:,} bytes | | | | |")
     else:
-        print(f"| {name} | start {r['rss_mb_start']} MB, then {r['rss_mb_samples']} MB; {r['pending']} pending | | | |")
+        print(f"| {name} | start {r['rss_mb_start']} MB, then {r['rss_mb_samples']} MB; {r['pending']} pending | | | | |")
 print("\n'vs its ceiling': RabbitMQ rows against the raw lapin ceiling of the same message shape (full for")
 print("postbox's default, lean for amqp_ce_headers = none), NATS rows against raw JetStream publishing.")
+print("'machine busy': the share of both cores in use during the row (/proc/stat); near 100%, the row was")
+print("bound by CPU, and the CPU per event of each process says where it went.")
 PY
