@@ -1195,6 +1195,65 @@ mod tests {
         assert_eq!(all.len(), 3, "every partition's rows, through the lane");
     }
 
+    /// SQLite's leases live in the lane's memory: a claim writes nothing, a second claim skips
+    /// the rows the first holds, and after a settlement failed to commit, claims wait until the
+    /// database takes writes again (so a full disk does not have the relay publish batches it
+    /// cannot record), while the failed batch's rows stay held.
+    #[tokio::test]
+    async fn sqlite_leases_are_held_in_memory_and_a_failed_settlement_stops_claims() {
+        use super::{OutboxStore, Settlement, Status};
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        let rows = (0..3).map(|i| row(&format!("m-{i}"))).map(|mut r| {
+            r.ordering_key = None;
+            r
+        });
+        store.commit(&[req(rows.collect())]).await.unwrap();
+        let first = store
+            .claim(2, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(first.len(), 2);
+        let other = rusqlite::Connection::open(dir.path().join("o.db")).unwrap();
+        let written: i64 = other
+            .query_row(
+                "select count(*) from outbox where lease_until is not null",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(written, 0, "a claim writes no lease");
+        let second = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert_eq!(second.len(), 1, "the held rows are skipped");
+        assert_eq!(second[0].event_id, "m-2");
+        // Another writer holds SQLite's write lock: the settlement fails (after the relay's
+        // busy wait), and so does the next claim.
+        other.execute_batch("begin immediate").unwrap();
+        let published: Vec<Settlement> = first
+            .iter()
+            .map(|r| Settlement::Published { seq: r.seq })
+            .collect();
+        assert!(store.settle(&published).await.is_err());
+        let refused = store.claim(10, Duration::from_secs(60), 0, None).await;
+        assert!(refused.is_err(), "{refused:?}");
+        other.execute_batch("commit").unwrap();
+        // Writes work again: claims resume, and the unsettled rows are still held.
+        let third = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        assert!(third.is_empty(), "{third:?}");
+        store.settle(&published).await.unwrap();
+        for r in &first {
+            let found = store.find(&r.event_id, Some("/s")).await.unwrap();
+            assert_eq!(found[0].status, Status::Published);
+        }
+    }
+
     /// A relay whose lease ran out settles late: its retry and release must change nothing.
     async fn a_stale_settlement_changes_nothing(store: &super::Store) {
         use super::{OutboxStore, Settlement, Status, WriteRequest};

@@ -2,7 +2,8 @@
 //! and `ON CONFLICT`, and both store times as integer µs, so one body of code, expanded per
 //! backend by [`shared_store_impl!`], serves them; only claiming and settling differ.
 
-/// Columns the relay reads from `outbox` (the body comes from `outbox_payload`).
+/// Columns the relay reads from `outbox` (the body comes from `outbox_payload`). SQLite's lane
+/// reads them by position: keep the order.
 pub const CLAIM_COLUMNS: &str = "seq, event_id, source, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until";
 
 /// Columns `GET /v1/events/{id}` reads from [`RECORD_FROM`].
@@ -56,21 +57,19 @@ pub const PROBE: &str = "insert into writer_probe (id, at) values (1, $1) \
 
 pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1 and status = 'pending' and lease_until = $2";
 
-/// The claim: lease (`$1` until) up to `$3` due rows (`$2` now) with a `seq` above `$4`, in
-/// commit order; `filter` narrows the rows (partitions), `lock` is appended to their selection.
-/// A keyed row is taken only when it is the oldest pending row of its key. (SQLite's form; see
-/// [`claim_candidates`] for the selection alone.)
-pub fn claim(filter: &str, lock: &str) -> String {
-    format!(
-        "update outbox set lease_until = $1 where seq in ({}) returning {CLAIM_COLUMNS}",
-        claim_candidates(filter, lock)
-    )
+/// The `seq`s a claim takes (see [`claim_select`]).
+pub fn claim_candidates(filter: &str, lock: &str) -> String {
+    claim_select("o.seq", filter, lock)
 }
 
-/// The `seq`s a claim takes (see [`claim`]).
-pub fn claim_candidates(filter: &str, lock: &str) -> String {
+/// The claim's selection: `columns` of up to `$3` due rows (`$2` now) with a `seq` above `$4`
+/// whose lease (if any) has run out, in commit order; `filter` narrows the rows (partitions,
+/// rows held), `lock` is appended. A keyed row is taken only when it is the oldest pending row
+/// of its key. PostgreSQL leases the rows it selects in the same statement
+/// (`PgStore::claim_rows`); SQLite holds its leases in memory (`sqlite_lane.rs`).
+pub fn claim_select(columns: &str, filter: &str, lock: &str) -> String {
     format!(
-        "select o.seq from outbox o where o.status = 'pending' and o.seq > $4 \
+        "select {columns} from outbox o where o.status = 'pending' and o.seq > $4 \
           and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {filter} \
           and (o.ordering_key is null or not exists \
             (select 1 from outbox p where p.ordering_key = o.ordering_key \
