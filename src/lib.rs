@@ -72,7 +72,7 @@ pub async fn start(
     )
     .await?;
     let registry = catalog.registry().clone();
-    store.release_stale_leases().await?;
+    store.take_over().await?;
     let addr = listener.local_addr()?;
     tracing::info!(
         %addr,

@@ -440,13 +440,18 @@ impl Store {
         })
     }
 
-    /// At start-up: an embedded SQLite outbox has one relay (this process), so leases left by a
-    /// crash are stale and released at once. With PostgreSQL other instances may hold live
-    /// leases; those of a dead instance are released when its partitions are taken over (see
-    /// the relay's partition ownership).
-    pub async fn release_stale_leases(&self) -> StoreResult<()> {
+    /// At start-up of a server. An embedded SQLite outbox has one process: this one takes it
+    /// (an exclusive lock on a file beside it, held until the process ends; a second server on
+    /// the same file is refused), and leases a previous version stored are stale and released
+    /// at once (this version holds SQLite's leases in memory). With PostgreSQL other instances
+    /// may hold live leases; those of a dead instance are released when its partitions are
+    /// taken over (see the relay's partition ownership).
+    pub async fn take_over(&self) -> anyhow::Result<()> {
         match self {
-            Store::Sqlite(s) => s.release_leases().await,
+            Store::Sqlite(s) => {
+                s.lock_for_this_process()?;
+                Ok(s.release_leases().await?)
+            }
             Store::Postgres(_) => Ok(()),
         }
     }
@@ -1193,6 +1198,24 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(all.len(), 3, "every partition's rows, through the lane");
+    }
+
+    /// A server takes its SQLite outbox for itself: a second one on the same file is refused
+    /// with the reason, until the first is gone.
+    #[tokio::test]
+    async fn a_second_server_on_one_sqlite_outbox_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = sqlite_store(&dir).await;
+        first.take_over().await.unwrap();
+        first.take_over().await.unwrap();
+        let second = sqlite_store(&dir).await;
+        let refused = second.take_over().await.unwrap_err().to_string();
+        assert!(
+            refused.contains("another postbox process serves the SQLite outbox"),
+            "{refused}"
+        );
+        drop(first);
+        second.take_over().await.unwrap();
     }
 
     /// SQLite's leases live in the lane's memory: a claim writes nothing, a second claim skips

@@ -105,7 +105,8 @@ macro_rules! claimed_from_row {
 pub(crate) use claimed_from_row;
 
 /// The whole [`OutboxStore`](crate::outbox::OutboxStore) implementation for a type with a
-/// `pool` (durable) and `relay_pool` (leases, settlements) `sqlx::Pool<$db>` fields,
+/// `pool` (durable) and `relay_pool` (PostgreSQL's leases and settlements; SQLite's pruning)
+/// `sqlx::Pool<$db>` fields,
 /// `migrator()`, `insert_rows(tx, rows, now)` (new rows and their payloads; returns
 /// `(seq, source, event_id)` of those inserted), `mark_published(executor, seqs, now)`, and
 /// `claim_rows(limit, lease, after, scope)` (a claim the store's lane does not serve), besides

@@ -18,15 +18,19 @@ use super::{StoreResult, sql::shared_store_impl};
 pub struct SqliteStore {
     /// Accepting events: `synchronous=FULL`, a 202 survives a power cut.
     pool: SqlitePool,
-    /// The relay's leases and settlements, and pruning: `synchronous=NORMAL` (no fsync per
-    /// commit). Losing one in a power cut only publishes an event again, which at-least-once
-    /// allows, or prunes it again.
+    /// Pruning, and releasing leases a previous version stored: `synchronous=NORMAL` (no
+    /// fsync per commit). Losing one in a power cut only prunes it again.
     relay_pool: SqlitePool,
     /// The hot path's thread and connection (see `sqlite_lane`).
     lane: super::sqlite_lane::Lane,
     /// SQLite has one writer at a time. Taking turns here, instead of in SQLite's busy handler
     /// (which sleeps in steps of up to 100 ms), keeps commit latency flat under load.
     writes: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The database file.
+    path: std::path::PathBuf,
+    /// This process's lock on the outbox, once a server took it (see
+    /// [`SqliteStore::lock_for_this_process`]).
+    owner: std::sync::Arc<std::sync::OnceLock<std::fs::File>>,
 }
 
 impl SqliteStore {
@@ -66,7 +70,43 @@ impl SqliteStore {
             relay_pool,
             lane: super::sqlite_lane::Lane::new(path),
             writes: Default::default(),
+            path: path.to_owned(),
+            owner: Default::default(),
         })
+    }
+
+    /// Take the outbox for this process: an exclusive lock (`flock`) on `<database>.lock`,
+    /// held until the process ends (the kernel drops it when the process dies, `kill -9` too).
+    /// The relay holds its leases in memory, so two servers on one file would each publish
+    /// every event; the second is refused instead.
+    pub fn lock_for_this_process(&self) -> anyhow::Result<()> {
+        if self.owner.get().is_some() {
+            return Ok(());
+        }
+        let mut name = self.path.clone().into_os_string();
+        name.push(".lock");
+        let lock = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("opening {}", lock.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another postbox process serves the SQLite outbox {} (it holds {}): a SQLite \
+                 outbox has one process; stop the other one, or use PostgreSQL for several \
+                 instances",
+                self.path.display(),
+                lock.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", lock.display()));
+            }
+        }
+        let _ = self.owner.set(file);
+        Ok(())
     }
 
     /// Begin the group commit's transaction holding the write lock (`BEGIN IMMEDIATE`). With a
@@ -97,7 +137,7 @@ impl SqliteStore {
         Some(self.writes.lock().await)
     }
 
-    /// Release every lease (see [`super::Store::release_stale_leases`]).
+    /// Release every lease stored in the database (see [`super::Store::take_over`]).
     pub async fn release_leases(&self) -> StoreResult<()> {
         sqlx::query("update outbox set lease_until = null where lease_until is not null")
             .execute(&self.relay_pool)

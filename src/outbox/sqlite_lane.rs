@@ -59,6 +59,9 @@ enum Job {
 pub struct Lane {
     path: PathBuf,
     jobs: Arc<Mutex<Option<mpsc::Sender<Job>>>>,
+    /// The relay's leases: here rather than on the thread's stack, so that a thread started
+    /// again (after a panic) still knows which rows are in flight.
+    held: Arc<Mutex<Held>>,
 }
 
 impl Lane {
@@ -67,6 +70,7 @@ impl Lane {
         Lane {
             path: path.to_owned(),
             jobs: Arc::new(Mutex::new(None)),
+            held: Arc::new(Mutex::new(Held::default())),
         }
     }
 
@@ -77,7 +81,8 @@ impl Lane {
         answer(rx).await
     }
 
-    /// Claim due rows (see `claim` in `sql.rs`; one instance, no partitions).
+    /// Claim due rows (see `claim_select` in `sql.rs` and [`Held`]; one instance, no
+    /// partitions).
     pub async fn claim(
         &self,
         limit: u32,
@@ -116,9 +121,10 @@ impl Lane {
         };
         let (tx, rx) = mpsc::channel();
         let path = self.path.clone();
+        let held = self.held.clone();
         std::thread::Builder::new()
             .name("postbox-sqlite".into())
-            .spawn(move || run(&path, &rx))
+            .spawn(move || run(&path, &held, &rx))
             .map_err(sqlx::Error::Io)?;
         tx.send(job)
             .map_err(|_| lane_error("the SQLite thread stopped at once"))?;
@@ -133,9 +139,8 @@ async fn answer<T>(rx: oneshot::Receiver<StoreResult<T>>) -> StoreResult<T> {
 }
 
 /// The thread: one connection, opened on the first job (and again after it failed to open).
-fn run(path: &Path, jobs: &mpsc::Receiver<Job>) {
+fn run(path: &Path, held: &Mutex<Held>, jobs: &mpsc::Receiver<Job>) {
     let mut conn: Option<Lanes> = None;
-    let mut held = Held::default();
     while let Ok(job) = jobs.recv() {
         if conn.is_none() {
             match Lanes::open(path) {
@@ -164,6 +169,10 @@ fn run(path: &Path, jobs: &mpsc::Receiver<Job>) {
                 if reply.is_closed() {
                     continue;
                 }
+                let Ok(mut held) = held.lock() else {
+                    drop(reply.send(Err(lane_error("the relay's leases are poisoned"))));
+                    continue;
+                };
                 let out = c
                     .relay()
                     .and_then(|c| claim(c, &mut held, limit, lease, after));
@@ -174,6 +183,10 @@ fn run(path: &Path, jobs: &mpsc::Receiver<Job>) {
                 }
             }
             Job::Settle(results, reply) => {
+                let Ok(mut held) = held.lock() else {
+                    drop(reply.send(Err(lane_error("the relay's leases are poisoned"))));
+                    continue;
+                };
                 let out = c.relay().and_then(|c| settle(c, &mut held, &results));
                 let _ = reply.send(out);
             }
@@ -190,7 +203,7 @@ fn fail(job: Job, e: sqlx::Error) {
 }
 
 /// The connection and the durability it is set to: `synchronous=FULL` and the writer's busy
-/// wait for commits (a 202 survives a power cut), `NORMAL` and the relay's for leases and
+/// wait for commits (a 202 survives a power cut), `NORMAL` and the relay's for claims and
 /// settlements (losing one only publishes an event again).
 struct Lanes {
     conn: Connection,
@@ -415,8 +428,10 @@ fn check_key(tx: &Connection, req: &WriteRequest) -> StoreResult<Option<WriteOut
 /// once, when it is settled. (Written, the lease was a second write of every row, and a second
 /// write transaction per batch, on the thread the 202s' commits wait for.) A row whose lease ran
 /// out is claimable again, and a settlement of a lease that is no longer the row's changes
-/// nothing, as with the leases PostgreSQL stores. If this process stops, the database holds no
-/// lease: every unsettled row is published again by the next start, at once.
+/// nothing, as with the leases PostgreSQL stores; a late retry of a lease that ran out but was
+/// not taken again still applies (for [`LATE`]). If this process stops, the database holds no
+/// lease: every unsettled row is published again by the next start, at once. The start takes
+/// a lock that keeps a second process away (`SqliteStore::lock_for_this_process`).
 #[derive(Default)]
 struct Held {
     until: HashMap<i64, i64>,
@@ -427,9 +442,18 @@ struct Held {
 }
 
 impl Held {
-    /// Drop the leases over at `now` (their rows are claimable again).
+    /// Forget the leases over for longer than [`LATE`] at `now`.
     fn expire(&mut self, now: i64) {
-        self.until.retain(|_, until| *until >= now);
+        self.until.retain(|_, until| *until >= now - LATE);
+    }
+
+    /// The rows held at `now` with a `seq` above `after` (a claim skips them).
+    fn holding(&self, now: i64, after: i64) -> Vec<i64> {
+        self.until
+            .iter()
+            .filter(|&(seq, until)| *seq > after && *until >= now)
+            .map(|(seq, _)| *seq)
+            .collect()
     }
 
     /// Whether `lease` is `seq`'s current lease.
@@ -444,6 +468,10 @@ impl Held {
         }
     }
 }
+
+/// How long a lease that ran out is remembered (µs): a late retry of it still applies until
+/// the row is claimed again, as a stored lease would let it.
+const LATE: i64 = 600_000_000;
 
 /// A retry or a death of a row this process holds (see [`sql::RETRY`]; the lease is checked
 /// in memory, see [`Held`]).
@@ -471,9 +499,8 @@ fn claim(
         held.settle_failed = false;
     }
     held.expire(now);
-    // (Rows at or below `after` are not candidates anyway.)
-    let holding: Vec<i64> = held.until.keys().copied().filter(|s| *s > after).collect();
-    let holding = serde_json::to_string(&holding).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let holding = serde_json::to_string(&held.holding(now, after))
+        .map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
     // The rows and their payloads from one snapshot.
     let tx = c
         .transaction_with_behavior(TransactionBehavior::Deferred)
