@@ -175,7 +175,7 @@ macro_rules! shared_store_impl {
                     return Ok(Vec::new());
                 }
                 if let (Some(lane), None) = (self.lane(), scope) {
-                    let _serial = self.serialize_writes().await;
+                    // A read (the lane holds SQLite's leases in memory): no turn to write.
                     return lane.claim(limit, lease, after).await;
                 }
                 self.claim_rows(limit, lease, after, scope).await

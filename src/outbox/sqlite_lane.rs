@@ -13,7 +13,7 @@
 //!
 //! Semantics are those of the sqlx code in `sql.rs` (which PostgreSQL and SQLite's other
 //! queries keep using): the same statements, the same outcomes, except that the relay's leases
-//! live in this thread's memory instead of the database (see [`Held`]).
+//! live in memory instead of the database (see [`Held`]).
 
 use std::{
     borrow::Cow,
@@ -169,10 +169,7 @@ fn run(path: &Path, held: &Mutex<Held>, jobs: &mpsc::Receiver<Job>) {
                 if reply.is_closed() {
                     continue;
                 }
-                let Ok(mut held) = held.lock() else {
-                    drop(reply.send(Err(lane_error("the relay's leases are poisoned"))));
-                    continue;
-                };
+                let mut held = lock(held);
                 let out = c
                     .relay()
                     .and_then(|c| claim(c, &mut held, limit, lease, after));
@@ -183,15 +180,19 @@ fn run(path: &Path, held: &Mutex<Held>, jobs: &mpsc::Receiver<Job>) {
                 }
             }
             Job::Settle(results, reply) => {
-                let Ok(mut held) = held.lock() else {
-                    drop(reply.send(Err(lane_error("the relay's leases are poisoned"))));
-                    continue;
-                };
+                let mut held = lock(held);
                 let out = c.relay().and_then(|c| settle(c, &mut held, &results));
                 let _ = reply.send(out);
             }
         }
     }
+}
+
+/// The leases, also after a panic while they were held: a half-made change to them can at worst
+/// publish a row twice, where refusing every later claim would stop the relay.
+fn lock(held: &Mutex<Held>) -> std::sync::MutexGuard<'_, Held> {
+    held.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn fail(job: Job, e: sqlx::Error) {
