@@ -674,6 +674,16 @@ mod tests {
         }
     }
 
+    /// `n` rows `{prefix}-{i}` without an ordering key.
+    fn unkeyed(prefix: &str, n: usize) -> Vec<super::NewRow> {
+        (0..n)
+            .map(|i| super::NewRow {
+                ordering_key: None,
+                ..row(&format!("{prefix}-{i}"))
+            })
+            .collect()
+    }
+
     fn req(rows: Vec<super::NewRow>) -> super::WriteRequest {
         super::WriteRequest {
             rows,
@@ -689,21 +699,13 @@ mod tests {
         use super::OutboxStore;
         let dir = tempfile::tempdir().unwrap();
         let store = sqlite_store(&dir).await;
-        let rows = (0..5).map(|i| row(&format!("a-{i}"))).map(|mut r| {
-            r.ordering_key = None;
-            r
-        });
-        store.commit(&[req(rows.collect())]).await.unwrap();
+        store.commit(&[req(unkeyed("a", 5))]).await.unwrap();
         // A big group first keeps the thread busy (it is committed although nobody waits for
         // its answer), so the claims queued behind it cannot be answered within their first poll.
         use futures_util::FutureExt as _;
-        let busy = (0..20_000).map(|i| row(&format!("b-{i}"))).map(|mut r| {
-            r.ordering_key = None;
-            r
-        });
         assert!(
             store
-                .commit(&[req(busy.collect())])
+                .commit(&[req(unkeyed("b", 20_000))])
                 .now_or_never()
                 .is_none()
         );
@@ -1116,7 +1118,7 @@ mod tests {
     /// statement, and gives the leases back when one is missing).
     #[tokio::test]
     async fn a_claim_missing_a_payload_fails_and_keeps_no_lease_postgres() {
-        use super::{OutboxStore, WriteRequest};
+        use super::OutboxStore;
         use std::time::Duration;
         let (store, name) = pg_store().await;
         let super::Store::Postgres(pg) = &store else {
@@ -1125,13 +1127,7 @@ mod tests {
         let (mut a, mut b) = (row("a"), row("b"));
         a.ordering_key = None;
         b.ordering_key = None;
-        store
-            .commit(&[WriteRequest {
-                rows: vec![a, b],
-                idempotency: None,
-            }])
-            .await
-            .unwrap();
+        store.commit(&[req(vec![a, b])]).await.unwrap();
         sqlx::query(
             "delete from outbox_payload where seq = (select seq from outbox where event_id = 'b')",
         )
@@ -1160,7 +1156,7 @@ mod tests {
     /// without one (through the lane) take every partition's rows.
     #[tokio::test]
     async fn a_sqlite_claim_with_a_partition_scope_is_refused() {
-        use super::{ClaimScope, OutboxStore, WriteRequest};
+        use super::{ClaimScope, OutboxStore};
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let store = sqlite_store(&dir).await;
@@ -1172,13 +1168,7 @@ mod tests {
                 r
             })
             .collect();
-        store
-            .commit(&[WriteRequest {
-                rows,
-                idempotency: None,
-            }])
-            .await
-            .unwrap();
+        store.commit(&[req(rows)]).await.unwrap();
         let scope = ClaimScope {
             partitions: &[0, 1, 2],
             epochs: &[1, 1, 1],
@@ -1228,11 +1218,7 @@ mod tests {
         use std::time::Duration;
         let dir = tempfile::tempdir().unwrap();
         let store = sqlite_store(&dir).await;
-        let rows = (0..3).map(|i| row(&format!("m-{i}"))).map(|mut r| {
-            r.ordering_key = None;
-            r
-        });
-        store.commit(&[req(rows.collect())]).await.unwrap();
+        store.commit(&[req(unkeyed("m", 3))]).await.unwrap();
         let first = store
             .claim(2, Duration::from_secs(60), 0, None)
             .await
