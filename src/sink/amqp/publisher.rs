@@ -9,14 +9,17 @@
 //! nacked events are retried as usual; only the channel is not trusted again.
 
 use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    future::Future,
+    pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
+    task::{Context, Poll},
     time::Duration,
 };
 
-use futures_util::future::join_all;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
     PublisherConfirm,
@@ -38,6 +41,8 @@ pub struct Publisher {
     node: String,
     /// RabbitMQ nacked a publish on this channel: reconnect before publishing more.
     nacked: Arc<AtomicBool>,
+    /// The confirms this channel still owes and the returns not yet matched to a message.
+    ledger: Arc<Mutex<Ledger>>,
 }
 
 /// Longest wait for the TCP + AMQP handshake.
@@ -109,6 +114,7 @@ impl Publisher {
             ce_headers: CeHeaders::All,
             node: node.addr.clone(),
             nacked: Arc::default(),
+            ledger: Arc::default(),
         })
     }
 
@@ -182,7 +188,7 @@ impl Link for Publisher {
                 )
                 .await;
             match sent {
-                Ok(confirm) => pending.push((i, confirm)),
+                Ok(confirm) => pending.push((i, lock(&self.ledger).owe(confirm))),
                 Err(e) => {
                     let why = format!("publish failed: {e}");
                     for o in &mut outcomes[i..] {
@@ -193,9 +199,10 @@ impl Link for Publisher {
             }
         }
         Sent {
-            subjects: batch.into_iter().map(|m| m.subject).collect(),
+            messages: batch,
             outcomes,
             pending,
+            ledger: self.ledger.clone(),
             exchange: self.exchange.clone(),
             sent_at: tokio::time::Instant::now(),
             conn: self.conn.status().clone(),
@@ -216,12 +223,142 @@ impl Link for Publisher {
     }
 }
 
+fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
+    // The ledger is consistent between statements; a panic elsewhere must not stop publishing.
+    ledger.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every confirm a channel still owes, by publish number, and the returns lapin handed over.
+///
+/// RabbitMQ sends a `basic.return` before the ack of the message it returns, but it does not
+/// say which delivery tag it is for, and lapin gives it to the first confirm the next ack
+/// resolves: with a multiple ack (`multiple=true`, which RabbitMQ sends for runs of tags)
+/// that is any tag the ack covers, in hash-map order, possibly a message of another batch on
+/// the same channel. So postbox matches a return to its message by what the return carries
+/// (routing key and body; the body is the structured CloudEvent, unique per event), and
+/// settles a batch only after looking at every confirm resolved by then, so that a return
+/// carried by another batch's confirm is already in `returns` (lapin resolves the ack that
+/// carries a return no later than the ack of the returned message).
+#[derive(Default)]
+struct Ledger {
+    /// Number of the next publish on this channel.
+    next: u64,
+    /// Confirms not resolved yet.
+    waiting: BTreeMap<u64, PublisherConfirm>,
+    /// What resolved confirms said, until their batch takes it.
+    resolved: HashMap<u64, Verdict>,
+    /// Returns not yet matched to a message, oldest first.
+    returns: VecDeque<Returned>,
+}
+
+/// What the broker said of one publish, without the return lapin may have attached to it.
+#[derive(Debug, Clone)]
+enum Verdict {
+    Ack,
+    Nack,
+    NotRequested,
+    Lost(String),
+}
+
+/// A `basic.return`: what identifies the message, and why RabbitMQ returned it.
+struct Returned {
+    routing_key: String,
+    body: Vec<u8>,
+    reply: String,
+}
+
+/// Unmatched returns kept at most: one whose batch gave up waiting (a timeout) is never
+/// matched, and the channel is replaced after a timeout anyway.
+const MAX_UNMATCHED_RETURNS: usize = 4096;
+
+impl Ledger {
+    fn owe(&mut self, confirm: PublisherConfirm) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        self.waiting.insert(n, confirm);
+        n
+    }
+
+    /// Poll the confirm of publish `n` if it is still waiting; whether it is resolved now.
+    fn poll_one(&mut self, n: u64, cx: &mut Context<'_>) -> bool {
+        let Some(confirm) = self.waiting.get_mut(&n) else {
+            return true;
+        };
+        let Poll::Ready(result) = Pin::new(confirm).poll(cx) else {
+            return false;
+        };
+        self.waiting.remove(&n);
+        let verdict = match result {
+            Ok(Confirmation::Ack(ret)) => {
+                self.returned(ret);
+                Verdict::Ack
+            }
+            Ok(Confirmation::Nack(ret)) => {
+                self.returned(ret);
+                Verdict::Nack
+            }
+            Ok(Confirmation::NotRequested) => Verdict::NotRequested,
+            Err(e) => Verdict::Lost(format!("connection lost before the confirm: {e}")),
+        };
+        self.resolved.insert(n, verdict);
+        true
+    }
+
+    fn returned(&mut self, ret: Option<lapin::message::BasicReturnMessage>) {
+        let Some(ret) = ret else { return };
+        if self.returns.len() >= MAX_UNMATCHED_RETURNS {
+            self.returns.pop_front();
+        }
+        self.returns.push_back(Returned {
+            routing_key: ret.delivery.routing_key.to_string(),
+            body: ret.delivery.data,
+            reply: format!("{} {}", ret.reply_code, ret.reply_text),
+        });
+    }
+
+    /// Poll `mine`; once all are resolved, poll every other waiting confirm once more, so that
+    /// a return another batch's confirm carries for one of `mine` is in `returns`.
+    fn poll_batch(&mut self, mine: &[u64], cx: &mut Context<'_>) -> Poll<()> {
+        let mut done = true;
+        for &n in mine {
+            done &= self.poll_one(n, cx);
+        }
+        if !done {
+            return Poll::Pending;
+        }
+        let others: Vec<u64> = self.waiting.keys().copied().collect();
+        for n in others {
+            self.poll_one(n, cx);
+        }
+        Poll::Ready(())
+    }
+
+    /// The return of the message with this routing key and body, if RabbitMQ returned it.
+    fn take_return(&mut self, routing_key: &str, body: &[u8]) -> Option<Returned> {
+        let at = self
+            .returns
+            .iter()
+            .position(|r| r.routing_key == routing_key && r.body == body)?;
+        self.returns.remove(at)
+    }
+
+    /// Forget publishes whose batch stopped waiting for them.
+    fn forget(&mut self, mine: &[u64]) {
+        for n in mine {
+            self.waiting.remove(n);
+            self.resolved.remove(n);
+        }
+    }
+}
+
 /// A batch on the wire: its confirms to await.
 pub struct Sent {
-    /// Routing keys, in publish order (for the error messages).
-    subjects: Vec<String>,
+    /// What was sent, in publish order (to match returns and name routing keys in errors).
+    messages: Vec<Message>,
     outcomes: Vec<Option<Outcome>>,
-    pending: Vec<(usize, PublisherConfirm)>,
+    /// Index in `messages` and publish number in the ledger of each message on the wire.
+    pending: Vec<(usize, u64)>,
+    ledger: Arc<Mutex<Ledger>>,
     exchange: String,
     sent_at: tokio::time::Instant,
     conn: lapin::ConnectionStatus,
@@ -237,25 +374,27 @@ impl Pending for Sent {
     ///
     /// A nack, a `basic.return` (unroutable, thanks to `mandatory`), a timeout or a connection
     /// error is a failed attempt; only an ack for a message that was not returned is success
-    /// (AMQP 0-9-1 publisher confirms: the return precedes the ack).
+    /// (AMQP 0-9-1 publisher confirms: the return precedes the ack; [`Ledger`] says how a
+    /// return finds its message).
     async fn outcomes(self, timeout: Duration) -> Vec<Outcome> {
         const TICK: Duration = Duration::from_millis(100);
         let Sent {
-            subjects,
+            messages,
             mut outcomes,
             pending,
+            ledger,
             exchange,
             sent_at,
             conn,
             nacked,
         } = self;
-        let (idx, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
-        let mut all = join_all(confirms);
+        let mine: Vec<u64> = pending.iter().map(|&(_, n)| n).collect();
+        let mut all = std::future::poll_fn(|cx| lock(&ledger).poll_batch(&mine, cx));
         let mut waited = Duration::ZERO;
         let mut last = sent_at;
-        let results = loop {
+        let answered = loop {
             match tokio::time::timeout(TICK, &mut all).await {
-                Ok(results) => break Some(results),
+                Ok(()) => break true,
                 Err(_) => {
                     let now = tokio::time::Instant::now();
                     if !conn.blocked() {
@@ -263,24 +402,44 @@ impl Pending for Sent {
                     }
                     last = now;
                     if waited >= timeout {
-                        break None;
+                        break false;
                     }
                 }
             }
         };
-        match results {
-            Some(results) => {
-                for (i, r) in idx.into_iter().zip(results) {
-                    outcomes[i] = Some(classify(r, &exchange, &subjects[i]));
-                }
+        let mut book = lock(&ledger);
+        if answered {
+            for (i, n) in pending {
+                let msg = &messages[i];
+                let verdict = book.resolved.remove(&n);
+                let returned = match verdict {
+                    Some(Verdict::Ack | Verdict::Nack) => book.take_return(&msg.subject, &msg.body),
+                    _ => None,
+                };
+                outcomes[i] = Some(match (verdict, returned) {
+                    (_, Some(ret)) => Outcome::Unroutable(format!(
+                        "returned by RabbitMQ: {} (no queue is bound to exchange `{exchange}` for routing key `{}`)",
+                        ret.reply, msg.subject
+                    )),
+                    (Some(Verdict::Ack), None) => Outcome::Confirmed,
+                    (Some(Verdict::Nack), None) => {
+                        Outcome::Rejected("nacked by RabbitMQ".to_owned())
+                    }
+                    (Some(Verdict::NotRequested), None) => {
+                        Outcome::Rejected("publisher confirms not enabled".to_owned())
+                    }
+                    (Some(Verdict::Lost(why)), None) => Outcome::ConnectionLost(why),
+                    (None, None) => Outcome::ConnectionLost("no confirm recorded".to_owned()),
+                });
             }
-            None => {
-                let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
-                for i in idx {
-                    outcomes[i] = Some(Outcome::TimedOut(why.clone()));
-                }
+        } else {
+            book.forget(&mine);
+            let why = format!("no confirm from RabbitMQ within {}s", timeout.as_secs());
+            for (i, _) in pending {
+                outcomes[i] = Some(Outcome::TimedOut(why.clone()));
             }
         }
+        drop(book);
         if outcomes
             .iter()
             .any(|o| matches!(o, Some(Outcome::Rejected(_))))
@@ -291,23 +450,6 @@ impl Pending for Sent {
             .into_iter()
             .map(|o| o.unwrap_or_else(|| Outcome::ConnectionLost("not sent".to_owned())))
             .collect()
-    }
-}
-
-fn classify(r: lapin::Result<Confirmation>, exchange: &str, routing_key: &str) -> Outcome {
-    match r {
-        Ok(Confirmation::Ack(None)) => Outcome::Confirmed,
-        Ok(Confirmation::Ack(Some(ret))) | Ok(Confirmation::Nack(Some(ret))) => {
-            Outcome::Unroutable(format!(
-                "returned by RabbitMQ: {} {} (no queue is bound to exchange `{exchange}` for routing key `{routing_key}`)",
-                ret.reply_code, ret.reply_text
-            ))
-        }
-        Ok(Confirmation::Nack(None)) => Outcome::Rejected("nacked by RabbitMQ".to_owned()),
-        Ok(Confirmation::NotRequested) => {
-            Outcome::Rejected("publisher confirms not enabled".to_owned())
-        }
-        Err(e) => Outcome::ConnectionLost(format!("connection lost before the confirm: {e}")),
     }
 }
 
@@ -401,6 +543,117 @@ mod tests {
             h.get("tracestate"),
             Some(&AMQPValue::LongString("rojo=00f067aa0ba902b7".into()))
         );
+    }
+
+    fn event(n: usize, subject: &str) -> Message {
+        Message {
+            id: format!("e{n}"),
+            source: "/s".into(),
+            ce_type: "order.paid".into(),
+            subject: subject.into(),
+            body: format!(r#"{{"id":"e{n}","source":"/s"}}"#).into_bytes(),
+            attributes: "{}".into(),
+            traceparent: None,
+            tracestate: None,
+            created_at: 1_700_000_000_000_000,
+        }
+    }
+
+    /// RabbitMQ acks runs of tags at once (`multiple=true`), and lapin hands a return to any
+    /// confirm such an ack resolves: with batches pipelined as the relay sends them, every
+    /// message must still get its own verdict. Against the real broker: one queue takes
+    /// `routed.#`, every third message goes to a key nothing is bound to.
+    #[tokio::test]
+    async fn returns_find_their_own_message_among_pipelined_batches() {
+        let exchange = format!(
+            "test-returns-{}-{}",
+            std::process::id(),
+            time::OffsetDateTime::now_utc().unix_timestamp_nanos()
+        );
+        let node = &crate::sink::amqp::nodes::parse(super::super::AmqpConfig::DEFAULT_URL)
+            .expect("url")[0];
+        let publisher = Publisher::connect(node, &exchange, &Topology::default())
+            .await
+            .expect("RabbitMQ on 127.0.0.1:5672")
+            .with_ce_headers(CeHeaders::None);
+        let admin = publisher.conn.create_channel().await.expect("channel");
+        let queue = admin
+            .queue_declare(
+                "".into(),
+                lapin::options::QueueDeclareOptions {
+                    exclusive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue");
+        admin
+            .queue_bind(
+                queue.name().clone(),
+                exchange.as_str().into(),
+                "routed.#".into(),
+                Default::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind");
+
+        const BATCHES: usize = 8;
+        const SIZE: usize = 150;
+        let routed = |n: usize| !n.is_multiple_of(3);
+        let mut sent = Vec::new();
+        for b in 0..BATCHES {
+            let batch = (b * SIZE..(b + 1) * SIZE)
+                .map(|n| event(n, if routed(n) { "routed.x" } else { "lost.x" }))
+                .collect();
+            sent.push(publisher.send(batch).await);
+        }
+        let mut wrong = Vec::new();
+        for (b, s) in sent.into_iter().enumerate() {
+            for (k, outcome) in s.outcomes(Duration::from_secs(30)).await.iter().enumerate() {
+                let n = b * SIZE + k;
+                let right = match outcome {
+                    Outcome::Confirmed => routed(n),
+                    Outcome::Unroutable(why) => !routed(n) && why.contains("lost.x"),
+                    _ => false,
+                };
+                if !right {
+                    wrong.push(format!("e{n}: {outcome:?}"));
+                }
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong verdicts: {wrong:?}",
+            wrong.len()
+        );
+        assert!(
+            lock(&publisher.ledger).returns.is_empty(),
+            "every return matched"
+        );
+        assert!(lock(&publisher.ledger).waiting.is_empty());
+        let queued = admin
+            .queue_declare(
+                queue.name().clone(),
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count();
+        assert_eq!(
+            queued as usize,
+            (0..BATCHES * SIZE).filter(|&n| routed(n)).count()
+        );
+        admin
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await
+            .expect("delete the test exchange");
+        publisher.close().await;
     }
 
     #[test]
