@@ -9,14 +9,14 @@
 //! nacked events are retried as usual; only the channel is not trusted again.
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     future::Future,
     pin::Pin,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
@@ -174,6 +174,9 @@ impl Link for Publisher {
                 ));
                 continue;
             };
+            // Numbered before its frames go out: an ack may come back (carrying another
+            // message's return) before `basic_publish` returns its confirm.
+            let publishing = Publishing::begin(&self.ledger);
             let sent = self
                 .channel
                 .basic_publish(
@@ -188,7 +191,7 @@ impl Link for Publisher {
                 )
                 .await;
             match sent {
-                Ok(confirm) => pending.push((i, lock(&self.ledger).owe(confirm))),
+                Ok(confirm) => pending.push((i, publishing.owe(confirm))),
                 Err(e) => {
                     let why = format!("publish failed: {e}");
                     for o in &mut outcomes[i..] {
@@ -234,19 +237,27 @@ fn lock(ledger: &Mutex<Ledger>) -> MutexGuard<'_, Ledger> {
 /// say which delivery tag it is for, and lapin gives it to the first confirm the next ack
 /// resolves: with a multiple ack (`multiple=true`, which RabbitMQ sends for runs of tags)
 /// that is any tag the ack covers, in hash-map order, possibly a message of another batch on
-/// the same channel. So postbox matches a return to its message by what the return carries
-/// (routing key and body; the body is the structured CloudEvent, unique per event), and
-/// settles a batch only after looking at every confirm resolved by then, so that a return
-/// carried by another batch's confirm is already in `returns` (lapin resolves the ack that
-/// carries a return no later than the ack of the returned message).
+/// the same channel, even one whose `basic_publish` has not returned yet. So postbox matches
+/// a return to its message by what the return carries (routing key and body; the body is the
+/// structured CloudEvent, unique per event), and settles a batch only once its own confirms
+/// are resolved, no publish is between its frames and its confirm, and every other confirm
+/// has been polled once more: the ack that carries a return is resolved no later than the ack
+/// of the returned message, so by then the return is in `returns`.
 #[derive(Default)]
 struct Ledger {
     /// Number of the next publish on this channel.
     next: u64,
+    /// Publishes whose frames may be on the wire but whose confirm is not in `waiting` yet.
+    publishing: usize,
+    /// The task settling a batch, waiting for `publishing` to reach zero.
+    settler: Option<Waker>,
     /// Confirms not resolved yet.
     waiting: BTreeMap<u64, PublisherConfirm>,
     /// What resolved confirms said, until their batch takes it.
     resolved: HashMap<u64, Verdict>,
+    /// Publishes of a batch that stopped waiting (a timeout): still polled, for the returns
+    /// their acks may carry for other messages, but nobody takes their verdict.
+    orphans: HashSet<u64>,
     /// Returns not yet matched to a message, oldest first.
     returns: VecDeque<Returned>,
 }
@@ -267,18 +278,46 @@ struct Returned {
     reply: String,
 }
 
-/// Unmatched returns kept at most: one whose batch gave up waiting (a timeout) is never
-/// matched, and the channel is replaced after a timeout anyway.
+/// Unmatched returns kept at most (one whose message's verdict was a lost connection is never
+/// matched; the channel is replaced then anyway).
 const MAX_UNMATCHED_RETURNS: usize = 4096;
 
-impl Ledger {
-    fn owe(&mut self, confirm: PublisherConfirm) -> u64 {
-        let n = self.next;
-        self.next += 1;
-        self.waiting.insert(n, confirm);
-        n
+/// One publish under way: numbered in the ledger before its frames are sent, counted in
+/// `publishing` until its confirm is in the ledger or the publish failed (or was dropped).
+struct Publishing<'a> {
+    ledger: &'a Mutex<Ledger>,
+    n: u64,
+}
+
+impl<'a> Publishing<'a> {
+    fn begin(ledger: &'a Mutex<Ledger>) -> Publishing<'a> {
+        let mut book = lock(ledger);
+        let n = book.next;
+        book.next += 1;
+        book.publishing += 1;
+        Publishing { ledger, n }
     }
 
+    /// Its confirm, to await through the ledger; returns its number.
+    fn owe(self, confirm: PublisherConfirm) -> u64 {
+        lock(self.ledger).waiting.insert(self.n, confirm);
+        self.n
+    }
+}
+
+impl Drop for Publishing<'_> {
+    fn drop(&mut self) {
+        let mut book = lock(self.ledger);
+        book.publishing = book.publishing.saturating_sub(1);
+        if book.publishing == 0
+            && let Some(settler) = book.settler.take()
+        {
+            settler.wake();
+        }
+    }
+}
+
+impl Ledger {
     /// Poll the confirm of publish `n` if it is still waiting; whether it is resolved now.
     fn poll_one(&mut self, n: u64, cx: &mut Context<'_>) -> bool {
         let Some(confirm) = self.waiting.get_mut(&n) else {
@@ -300,7 +339,9 @@ impl Ledger {
             Ok(Confirmation::NotRequested) => Verdict::NotRequested,
             Err(e) => Verdict::Lost(format!("connection lost before the confirm: {e}")),
         };
-        self.resolved.insert(n, verdict);
+        if !self.orphans.remove(&n) {
+            self.resolved.insert(n, verdict);
+        }
         true
     }
 
@@ -316,14 +357,19 @@ impl Ledger {
         });
     }
 
-    /// Poll `mine`; once all are resolved, poll every other waiting confirm once more, so that
-    /// a return another batch's confirm carries for one of `mine` is in `returns`.
-    fn poll_batch(&mut self, mine: &[u64], cx: &mut Context<'_>) -> Poll<()> {
-        let mut done = true;
-        for &n in mine {
-            done &= self.poll_one(n, cx);
+    /// Ready once every publish of `mine` (sorted, from `mine[*next]` on: the ones before are
+    /// resolved) is resolved, no publish is under way, and every other waiting confirm was
+    /// polled once more, so that a return another publish's confirm carries for one of `mine`
+    /// is in `returns`. Only the first unresolved one of `mine` holds the waker.
+    fn poll_batch(&mut self, mine: &[u64], next: &mut usize, cx: &mut Context<'_>) -> Poll<()> {
+        while let Some(&n) = mine.get(*next) {
+            if !self.poll_one(n, cx) {
+                return Poll::Pending;
+            }
+            *next += 1;
         }
-        if !done {
+        if self.publishing > 0 {
+            self.settler = Some(cx.waker().clone());
             return Poll::Pending;
         }
         let others: Vec<u64> = self.waiting.keys().copied().collect();
@@ -342,11 +388,13 @@ impl Ledger {
         self.returns.remove(at)
     }
 
-    /// Forget publishes whose batch stopped waiting for them.
+    /// A batch stopped waiting for these publishes: drop what was resolved, and keep polling
+    /// the rest (their acks may carry returns of later batches) without keeping their verdicts.
     fn forget(&mut self, mine: &[u64]) {
         for n in mine {
-            self.waiting.remove(n);
-            self.resolved.remove(n);
+            if self.resolved.remove(n).is_none() && self.waiting.contains_key(n) {
+                self.orphans.insert(*n);
+            }
         }
     }
 }
@@ -389,7 +437,8 @@ impl Pending for Sent {
             nacked,
         } = self;
         let mine: Vec<u64> = pending.iter().map(|&(_, n)| n).collect();
-        let mut all = std::future::poll_fn(|cx| lock(&ledger).poll_batch(&mine, cx));
+        let mut next = 0;
+        let mut all = std::future::poll_fn(|cx| lock(&ledger).poll_batch(&mine, &mut next, cx));
         let mut waited = Duration::ZERO;
         let mut last = sent_at;
         let answered = loop {
@@ -560,11 +609,14 @@ mod tests {
     }
 
     /// RabbitMQ acks runs of tags at once (`multiple=true`), and lapin hands a return to any
-    /// confirm such an ack resolves: with batches pipelined as the relay sends them, every
-    /// message must still get its own verdict. Against the real broker: one queue takes
-    /// `routed.#`, every third message goes to a key nothing is bound to.
+    /// confirm such an ack resolves: with batches sent by one task while another awaits their
+    /// confirms, as the relay does, every message must still get its own verdict. Against the
+    /// real broker: one queue takes `routed.#`, every third message goes to a key nothing is
+    /// bound to.
     #[tokio::test]
     async fn returns_find_their_own_message_among_pipelined_batches() {
+        const BATCHES: usize = 12;
+        const SIZE: usize = 150;
         let exchange = format!(
             "test-returns-{}-{}",
             std::process::id(),
@@ -599,19 +651,31 @@ mod tests {
             .await
             .expect("bind");
 
-        const BATCHES: usize = 8;
-        const SIZE: usize = 150;
         let routed = |n: usize| !n.is_multiple_of(3);
-        let mut sent = Vec::new();
-        for b in 0..BATCHES {
-            let batch = (b * SIZE..(b + 1) * SIZE)
-                .map(|n| event(n, if routed(n) { "routed.x" } else { "lost.x" }))
-                .collect();
-            sent.push(publisher.send(batch).await);
-        }
+        let publisher = Arc::new(publisher);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let sender = tokio::spawn({
+            let publisher = publisher.clone();
+            async move {
+                for b in 0..BATCHES {
+                    let batch = (b * SIZE..(b + 1) * SIZE)
+                        .map(|n| event(n, if routed(n) { "routed.x" } else { "lost.x" }))
+                        .collect();
+                    if tx.send(publisher.send(batch).await).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
         let mut wrong = Vec::new();
-        for (b, s) in sent.into_iter().enumerate() {
-            for (k, outcome) in s.outcomes(Duration::from_secs(30)).await.iter().enumerate() {
+        let mut b = 0;
+        while let Some(sent) = rx.recv().await {
+            for (k, outcome) in sent
+                .outcomes(Duration::from_secs(30))
+                .await
+                .iter()
+                .enumerate()
+            {
                 let n = b * SIZE + k;
                 let right = match outcome {
                     Outcome::Confirmed => routed(n),
@@ -622,17 +686,9 @@ mod tests {
                     wrong.push(format!("e{n}: {outcome:?}"));
                 }
             }
+            b += 1;
         }
-        assert!(
-            wrong.is_empty(),
-            "{} wrong verdicts: {wrong:?}",
-            wrong.len()
-        );
-        assert!(
-            lock(&publisher.ledger).returns.is_empty(),
-            "every return matched"
-        );
-        assert!(lock(&publisher.ledger).waiting.is_empty());
+        sender.await.expect("sender");
         let queued = admin
             .queue_declare(
                 queue.name().clone(),
@@ -643,17 +699,26 @@ mod tests {
                 FieldTable::default(),
             )
             .await
-            .expect("passive declare")
-            .message_count();
+            .map(|q| q.message_count() as usize);
+        let _ = admin
+            .exchange_delete(exchange.as_str().into(), Default::default())
+            .await;
+        assert_eq!(b, BATCHES);
+        assert!(
+            wrong.is_empty(),
+            "{} wrong verdicts: {wrong:?}",
+            wrong.len()
+        );
+        {
+            let book = lock(&publisher.ledger);
+            assert!(book.returns.is_empty(), "every return matched");
+            assert!(book.waiting.is_empty() && book.resolved.is_empty());
+            assert_eq!(book.publishing, 0);
+        }
         assert_eq!(
-            queued as usize,
+            queued.expect("passive declare"),
             (0..BATCHES * SIZE).filter(|&n| routed(n)).count()
         );
-        admin
-            .exchange_delete(exchange.as_str().into(), Default::default())
-            .await
-            .expect("delete the test exchange");
-        publisher.close().await;
     }
 
     #[test]
