@@ -68,9 +68,21 @@ impl PgStore {
             // sorting them: 96,000 rows and a 6 MB on-disk sort per claim of 1,000 at a 100k
             // backlog (`EXPLAIN ANALYZE`: 128 ms against 6 ms for the ordered index scan).
             // No relay statement needs a sort it could not do without.
-            .connect_lazy_with(
-                bounded.options([("synchronous_commit", "off"), ("enable_sort", "off")]),
-            );
+            //
+            // Every execution is planned for its own parameters and the table's size at that
+            // moment (`force_custom_plan`): after five executions PostgreSQL may keep a generic
+            // plan for the life of the connection, and one made while the outbox was small
+            // stays until something (a VACUUM or ANALYZE) invalidates it. Seen on a new outbox
+            // with autovacuum off: every claim's join read all of `outbox_payload` sequentially
+            // and every settlement scanned `outbox` (the plan the planner picks for a table of
+            // a thousand rows), so the relay lag grew with every event stored: p50 17 → 330 ms
+            // over 40 s at 1,250 events/s (`bench/rounds.sh`). Planning a claim costs a
+            // fraction of a millisecond, once per batch.
+            .connect_lazy_with(bounded.options([
+                ("synchronous_commit", "off"),
+                ("enable_sort", "off"),
+                ("plan_cache_mode", "force_custom_plan"),
+            ]));
         Ok(PgStore {
             pool,
             relay_pool,
