@@ -75,9 +75,9 @@ impl PgStore {
             // stays until something (a VACUUM or ANALYZE) invalidates it. Seen on a new outbox
             // with autovacuum off: every claim's join read all of `outbox_payload` sequentially
             // and every settlement scanned `outbox` (the plan the planner picks for a table of
-            // a thousand rows), so the relay lag grew with every event stored: p50 17 → 330 ms
-            // over 40 s at 1,250 events/s (`bench/rounds.sh`). Planning a claim costs a
-            // fraction of a millisecond, once per batch.
+            // a thousand rows), so the relay lag grew with every event stored: p50 17 → 488 ms
+            // over five 10 s rounds at 1,250 events/s (`bench/rounds.sh`; 13 → 20 ms with
+            // custom plans). Planning a claim costs a fraction of a millisecond, once per batch.
             .connect_lazy_with(bounded.options([
                 ("synchronous_commit", "off"),
                 ("enable_sort", "off"),
