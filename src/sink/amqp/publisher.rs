@@ -263,7 +263,7 @@ struct Ledger {
 }
 
 /// What the broker said of one publish, without the return lapin may have attached to it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum Verdict {
     Ack,
     Nack,
