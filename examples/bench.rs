@@ -7,7 +7,7 @@
 //!   bench nats    --stream S --prefix P --n N --window W      (raw JetStream publish)
 //!   bench trivial --listen ADDR                     (serve a 202-only handler)
 //!   bench http    --url URL --n N --concurrency C [--batch B] [--exchange X | --stream S] [--mgmt]
-//!   bench rate    --url URL --rate R --seconds S [--exchange X | --stream S]
+//!   bench rate    --url URL --rate R --seconds S [--exchange X | --stream S] [--trace FILE]
 //!   bench drain   (--exchange X | --stream S --prefix P) --n N   (a backlog draining)
 //!
 //! The message shapes of `broker`: `plain` (persistent, mandatory, content type and message
@@ -704,7 +704,7 @@ async fn rate() -> anyhow::Result<()> {
     let sink = Sink::from_args().await?;
     let load = Arc::new(Load::new(url));
     let total = rate * seconds;
-    let lat = Arc::new(Mutex::new(Vec::with_capacity(total)));
+    let lat = Arc::new(Mutex::new(Vec::<(f64, f64)>::with_capacity(total)));
     let ok = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = FuturesUnordered::new();
@@ -718,13 +718,26 @@ async fn rate() -> anyhow::Result<()> {
                 ok.fetch_add(1, Ordering::Relaxed);
             }
             if let Ok(mut l) = lat.lock() {
-                l.push(t.elapsed().as_secs_f64() * 1000.0);
+                l.push((
+                    t.duration_since(started).as_secs_f64(),
+                    t.elapsed().as_secs_f64() * 1000.0,
+                ));
             }
         }));
         while let Some(Some(_)) = futures_util::FutureExt::now_or_never(tasks.next()) {}
     }
     while tasks.next().await.is_some() {}
-    let mut lat = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    let timed = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    if let Some(path) = arg("--trace") {
+        // Each request's start (s since the first) and latency (ms), to see when the slow
+        // ones happen.
+        let lines: String = timed
+            .iter()
+            .map(|(at, ms)| format!("{at:.4} {ms:.3}\n"))
+            .collect();
+        std::fs::write(&path, lines)?;
+    }
+    let mut lat: Vec<f64> = timed.into_iter().map(|(_, ms)| ms).collect();
     lat.sort_by(f64::total_cmp);
     let mut out = json!({"mode": "rate", "rate": rate, "seconds": seconds, "requests": total,
         "ok": ok.load(Ordering::Relaxed), "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99)});
