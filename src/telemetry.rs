@@ -81,6 +81,10 @@ fn describe() {
     describe_histogram!("postbox_http_request_seconds", "HTTP request latency");
     describe_histogram!("postbox_commit_seconds", "Outbox group-commit latency");
     describe_histogram!("postbox_commit_events", "Events per group commit");
+    describe_histogram!(
+        "postbox_sqlite_lane_seconds",
+        "SQLite: time the outbox's writing thread spent per operation, by op"
+    );
     describe_counter!(
         "postbox_commit_failures_total",
         "Group commits that failed (answered 503)"

@@ -152,6 +152,12 @@ fn run(path: &Path, held: &Mutex<Held>, jobs: &mpsc::Receiver<Job>) {
             }
         }
         let Some(c) = conn.as_mut() else { continue };
+        let started = std::time::Instant::now();
+        let op = match &job {
+            Job::Commit(..) => "commit",
+            Job::Claim { .. } => "claim",
+            Job::Settle(..) => "settle",
+        };
         match job {
             Job::Commit(reqs, reply) => {
                 let out = c.durable().and_then(|c| commit(c, &reqs));
@@ -185,6 +191,9 @@ fn run(path: &Path, held: &Mutex<Held>, jobs: &mpsc::Receiver<Job>) {
                 let _ = reply.send(out);
             }
         }
+        // The thread's busy time (the sum's rate) is how close SQLite's one writer is to full.
+        metrics::histogram!("postbox_sqlite_lane_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
     }
 }
 
