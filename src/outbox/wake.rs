@@ -29,9 +29,8 @@ pub fn instance_tag() -> String {
 /// one, so another instance's relay hears of a commit up to this much later (plus the round
 /// trip). Without it nearly every commit sent its own `NOTIFY` (1,338 for 1,384 commits at
 /// 1,000 events/s): a transaction of its own, and a wake-up of every listening session, this
-/// instance's own included. With it, at 2,000 events/s on one instance (`bench/curve.sh`),
-/// PostgreSQL's CPU per event went from 310-314 to 286-292 µs and the relay lag's p99 from
-/// 77-83 to 33-34 ms.
+/// instance's own included. With it, at 2,000 events/s on one instance (`bench/curve.sh`, four
+/// runs against two), PostgreSQL's CPU per event went from 310-314 to 269-292 µs.
 const ANNOUNCE_GAP: Duration = Duration::from_millis(5);
 
 /// After each signal on `commits` (sent by the writer after a commit), notify the other
