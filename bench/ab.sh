@@ -34,15 +34,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 nats_pid() { ss -ltnpH 'sport = :4222' 2>/dev/null | grep -o 'pid=[0-9]*' | head -n 1 | cut -d= -f2; }
-pg_ticks() {
-    local t=0 p
-    for p in $(pgrep -x postgres || true); do t=$((t + $(ticks "$p"))); done
-    echo "$t"
-}
-us() { python3 -c "print(round(($2 - $1) / $TICK * 1e6 / $3))"; }
-field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
 
 start() { # DIR DATABASE_URL EXCHANGE LABEL EXTRA [VAR=value ...]: start postbox, set PB
     local dir=$1 url=$2 ex=$3 label=$4 extra=$5

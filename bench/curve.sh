@@ -36,14 +36,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
-pg_ticks() {
-    local t=0 p
-    for p in $(pgrep -x postgres || true); do t=$((t + $(ticks "$p"))); done
-    echo "$t"
-}
-us() { python3 -c "print(round(($2 - $1) / $TICK * 1e6 / $3))"; }
-field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 idle() { awk '/^cpu / {print $5 + $6}' /proc/stat; }
 RABBIT=$(rabbitmqctl eval 'list_to_integer(os:getpid()).' 2>/dev/null | tr -dc 0-9)
 [[ -n "$RABBIT" ]] || { echo "cannot find RabbitMQ's pid (rabbitmqctl eval needs root or the Erlang cookie)"; exit 1; }

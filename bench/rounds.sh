@@ -31,7 +31,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 sql() { psql -w -h 127.0.0.1 -U postgres -d "$NAME" -Atc "$1"; }
 
 createdb -w -h 127.0.0.1 -U postgres "$NAME"
