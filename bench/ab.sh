@@ -41,12 +41,7 @@ nats_pid() { ss -ltnpH 'sport = :4222' 2>/dev/null | grep -o 'pid=[0-9]*' | head
 start() { # DIR DATABASE_URL EXCHANGE LABEL EXTRA [VAR=value ...]: start postbox, set PB
     local dir=$1 url=$2 ex=$3 label=$4 extra=$5
     shift 5
-    # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
-    env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$url" \
-        POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
-        POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json $extra "$@" "$dir/postbox" >>"$TMP/$label.log" 2>&1 &
-    PB=$!
-    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
+    EXTRA=$extra start_postbox "$dir" "$PORT" "$url" "$ex" "$TMP/$label.log" "$@"
 }
 
 one() { # LABEL DIR EXTRA: one round of one build

@@ -50,13 +50,7 @@ if [[ $BACKEND == postgres ]]; then
 else
     db="sqlite://$TMP/$NAME.db"
 fi
-# shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
-env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$db" \
-    POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
-    POSTBOX_EXCHANGE="curve-$NAME" POSTBOX_LOG_FORMAT=json ${EXTRA:-} "$DIR/postbox" >>"$TMP/postbox.log" 2>&1 &
-PB=$!
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "postbox did not start:"; tail "$TMP/postbox.log"; exit 1; }
+start_postbox "$DIR" "$PORT" "$db" "curve-$NAME" "$TMP/postbox.log"
 # A warm-up, not reported: the first seconds on a new outbox were slower than a warm one (why was
 # not looked into), and `bench/run.sh` measures its latency row warm (after its single-event rows).
 first=${RATES%% *}

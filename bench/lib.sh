@@ -16,3 +16,21 @@ us() { python3 -c "print(round(($2 - $1) / $TICK * 1e6 / $3))"; }
 
 # field JSON PATH: one number of a bench tool's JSON line, e.g. field "$out" "['p99_ms']".
 field() { python3 -c "import json,sys; print(round(json.loads(sys.argv[1])$2, 1))" "$1"; }
+
+# start_postbox DIR PORT DATABASE_URL EXCHANGE LOG [VAR=value ...]: start DIR/postbox in the
+# background (settings from EXTRA, a list of VAR=value words, and the arguments after LOG on top),
+# set PB to its pid and wait until /readyz answers; return 1 with the log's tail if it does not
+# within 30 s. The caller's EXIT trap stops PB.
+start_postbox() {
+    local dir=$1 port=$2 db=$3 exchange=$4 log=$5
+    shift 5
+    # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
+    env POSTBOX_LISTEN="127.0.0.1:$port" POSTBOX_DATABASE_URL="$db" \
+        POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
+        POSTBOX_EXCHANGE="$exchange" POSTBOX_LOG_FORMAT=json ${EXTRA:-} "$@" "$dir/postbox" >>"$log" 2>&1 &
+    PB=$!
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$port/readyz" >/dev/null && return 0; sleep 0.1; done
+    echo "postbox did not start:"
+    tail "$log"
+    return 1
+}

@@ -36,13 +36,7 @@ source bench/lib.sh
 sql() { psql -w -h 127.0.0.1 -U postgres -d "$NAME" -Atc "$1"; }
 
 createdb -w -h 127.0.0.1 -U postgres "$NAME"
-# shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
-env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="postgres://postgres@127.0.0.1:5432/$NAME" \
-    POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
-    POSTBOX_EXCHANGE="rounds-$NAME" POSTBOX_LOG_FORMAT=json ${EXTRA:-} "$DIR/postbox" >>"$LOG" 2>&1 &
-PB=$!
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.1; done
-curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "postbox did not start:"; tail "$LOG"; exit 1; }
+start_postbox "$DIR" "$PORT" "postgres://postgres@127.0.0.1:5432/$NAME" "rounds-$NAME" "$LOG"
 
 echo "autovacuum: $(sql 'show autovacuum'); $ROUNDS rounds of ${SECONDS_EACH}s at $RATE/s$([[ $VACUUM == 1 ]] && echo ', VACUUM outbox before each')"
 for r in $(seq "$ROUNDS"); do
