@@ -145,7 +145,7 @@ done
 
 NATS_CEIL=""
 if [[ -n "$NATS_PID" ]]; then
-    say "NATS ceiling: raw async-nats JetStream publish, the same 1 KB CloudEvent and headers, window 1000"
+    say "NATS ceiling: raw async-nats JetStream publish, the same 1 KB CloudEvent and headers, window 1000, consumed by the same consumer"
     vals=() cpus=() busy=()
     for r in $(seq 1 "$REPS"); do
         t0=$(cpu_ticks "$NATS_PID")
