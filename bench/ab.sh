@@ -81,11 +81,7 @@ one() { # LABEL DIR EXTRA: one round of one build
             bpid=$(nats_pid)
             broker=nats-server
         fi
-        start "$dir" "$url" "$ex" "$label" "$extra" "${sink[@]}" \
-            POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" POSTBOX_NATS_URL="nats://127.0.0.1:1"
-        "$dir/examples/bench" http --url "$URL" --n "$((DRAIN / 100))" --batch 100 --concurrency 8 >/dev/null
-        kill "$PB"
-        wait "$PB" 2>/dev/null || true
+        EXTRA=$extra store_backlog "$DRAIN" "$dir" "$PORT" "$url" "$ex" "$TMP/$label.log" "${sink[@]}"
         : >"$TMP/drain.out"
         "$dir/examples/bench" drain "${dest[@]}" --n "$DRAIN" >"$TMP/drain.out" &
         r=$!

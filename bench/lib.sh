@@ -34,3 +34,18 @@ start_postbox() {
     tail "$log"
     return 1
 }
+
+# store_backlog N DIR PORT DATABASE_URL EXCHANGE LOG [VAR=value ...]: a backlog for a drain. N
+# events (batches of 100) committed by DIR/postbox, started as start_postbox would with RabbitMQ
+# and NATS out of reach, which is then stopped.
+store_backlog() {
+    local n=$1 dir=$2 port=$3
+    shift
+    start_postbox "$@" POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" \
+        POSTBOX_NATS_URL="nats://127.0.0.1:1"
+    "$dir/examples/bench" http --url "http://127.0.0.1:$port/v1/events" --n "$((n / 100))" \
+        --batch 100 --concurrency 8 >/dev/null
+    kill "$PB"
+    wait "$PB" 2>/dev/null || true
+    PB=
+}

@@ -85,11 +85,7 @@ case $MODE in
         wait "$l"
         ;;
     drain)
-        start_postbox "$DIR" "$PORT" "$db" "$ex" "$TMP/postbox.log" "${sink[@]}" \
-            POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:1/%2f" POSTBOX_NATS_URL="nats://127.0.0.1:1"
-        "$DIR/examples/bench" http --url "$URL" --n "$((N / 100))" --batch 100 --concurrency 8 >/dev/null
-        kill "$PB"
-        wait "$PB" 2>/dev/null || true
+        store_backlog "$N" "$DIR" "$PORT" "$db" "$ex" "$TMP/postbox.log" "${sink[@]}"
         "$DIR/examples/bench" drain "${dest[@]}" --n "$N" >"$TMP/load.out" &
         l=$!
         until grep -q ready "$TMP/load.out"; do sleep 0.1; done
