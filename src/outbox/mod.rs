@@ -1152,6 +1152,56 @@ mod tests {
         drop_pg(&name).await;
     }
 
+    /// The same on SQLite, whose lane reads the rows and their payloads in one joined
+    /// statement: a row without its payload fails the claim, and nothing is held, so the rows
+    /// are claimable again as soon as the payload is back.
+    #[tokio::test]
+    async fn a_claim_missing_a_payload_fails_and_keeps_no_lease_sqlite() {
+        use super::OutboxStore;
+        use std::time::Duration;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(&dir).await;
+        store.commit(&[req(unkeyed("p", 2))]).await.unwrap();
+        let other = rusqlite::Connection::open(dir.path().join("o.db")).unwrap();
+        let seq: i64 = other
+            .query_row("select seq from outbox where event_id = 'p-1'", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let (body, attributes): (Vec<u8>, String) = other
+            .query_row(
+                "select body, attributes from outbox_payload where seq = ?1",
+                [seq],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        other
+            .execute("delete from outbox_payload where seq = ?1", [seq])
+            .unwrap();
+        let err = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1 of 2 claimed events have no row in outbox_payload"),
+            "{err}"
+        );
+        other
+            .execute(
+                "insert into outbox_payload (seq, body, attributes) values (?1, ?2, ?3)",
+                rusqlite::params![seq, body, attributes],
+            )
+            .unwrap();
+        let claimed = store
+            .claim(10, Duration::from_secs(60), 0, None)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|c| c.event_id.as_str()).collect();
+        assert_eq!(ids, ["p-0", "p-1"], "the failed claim held nothing");
+        assert_eq!(claimed[1].body, body);
+    }
+
     /// Partition scopes are PostgreSQL's: a SQLite claim with one is refused, and claims
     /// without one (through the lane) take every partition's rows.
     #[tokio::test]

@@ -27,6 +27,10 @@ pub const INSERT_HEAD: &str = "insert into outbox (event_id, source, event_type,
 pub const INSERT_TAIL: &str =
     " on conflict (source, event_id) do nothing returning seq, source, event_id";
 
+/// [`INSERT_TAIL`] without `returning`: SQLite keeps returned rows in a temporary table made
+/// for each execution; its lane reads the new `seq` from `last_insert_rowid()` instead.
+pub const INSERT_TAIL_QUIET: &str = " on conflict (source, event_id) do nothing";
+
 pub const DELETE_ROW: &str = "delete from outbox where seq = $1";
 
 pub const DELETE_PAYLOAD: &str = "delete from outbox_payload where seq = $1";
@@ -59,17 +63,17 @@ pub const RELEASE: &str = "update outbox set lease_until = null where seq = $1 a
 
 /// The `seq`s a claim takes (see [`claim_select`]).
 pub fn claim_candidates(filter: &str, lock: &str) -> String {
-    claim_select("o.seq", filter, lock)
+    claim_select("o.seq", "", filter, lock)
 }
 
 /// The claim's selection: `columns` of up to `$3` due rows (`$2` now) with a `seq` above `$4`
-/// whose lease (if any) has run out, in commit order; `filter` narrows the rows (partitions,
-/// rows held), `lock` is appended. A keyed row is taken only when it is the oldest pending row
-/// of its key. PostgreSQL leases the rows it selects in the same statement
-/// (`PgStore::claim_rows`); SQLite holds its leases in memory (`sqlite_lane.rs`).
-pub fn claim_select(columns: &str, filter: &str, lock: &str) -> String {
+/// whose lease (if any) has run out, in commit order; `join` follows `from outbox o`,
+/// `filter` narrows the rows (partitions), `lock` is appended. A keyed row is taken only when
+/// it is the oldest pending row of its key. PostgreSQL leases the rows it selects in the same
+/// statement (`PgStore::claim_rows`); SQLite holds its leases in memory (`sqlite_lane.rs`).
+pub fn claim_select(columns: &str, join: &str, filter: &str, lock: &str) -> String {
     format!(
-        "select {columns} from outbox o where o.status = 'pending' and o.seq > $4 \
+        "select {columns} from outbox o {join} where o.status = 'pending' and o.seq > $4 \
           and o.next_attempt_at <= $2 and (o.lease_until is null or o.lease_until < $2) {filter} \
           and (o.ordering_key is null or not exists \
             (select 1 from outbox p where p.ordering_key = o.ordering_key \
