@@ -6,9 +6,11 @@
 //!   bench broker  --exchange X --n N --window W [--shape plain|full|lean]
 //!   bench nats    --stream S --prefix P --n N --window W      (raw JetStream publish)
 //!   bench trivial --listen ADDR                     (serve a 202-only handler)
-//!   bench http    --url URL --n N --concurrency C [--batch B] [--exchange X | --stream S] [--mgmt]
-//!   bench rate    --url URL --rate R --seconds S [--exchange X | --stream S] [--trace FILE]
+//!   bench http    --url URL --n N --concurrency C [--batch B] [--keys K] [--exchange X | --stream S] [--mgmt]
+//!   bench rate    --url URL --rate R --seconds S [--keys K] [--exchange X | --stream S] [--trace FILE]
 //!   bench drain   (--exchange X | --stream S --prefix P) --n N   (a backlog draining)
+//!
+//! `--keys K` spreads the events over K ordering keys (`key-0` …), each published in order.
 //!
 //! The message shapes of `broker`: `plain` (persistent, mandatory, content type and message
 //! id), `full` (what postbox sends by default: also `type`, `timestamp`, `app_id` and the
@@ -587,6 +589,8 @@ struct Load {
     url: String,
     mgmt: bool,
     batch: usize,
+    /// Events spread over this many ordering keys (`--keys`; 0: unkeyed).
+    keys: usize,
     run: String,
     client: reqwest::Client,
 }
@@ -597,6 +601,7 @@ impl Load {
             url,
             mgmt: flag("--mgmt"),
             batch: num("--batch", 1),
+            keys: num("--keys", 0),
             run: uuid::Uuid::now_v7().simple().to_string(),
             client: reqwest::Client::builder()
                 .pool_max_idle_per_host(1024)
@@ -605,24 +610,31 @@ impl Load {
         }
     }
 
+    /// Event `i` of this run, with an ordering key when `--keys` asks for them.
+    fn event(&self, i: usize) -> Value {
+        let mut e = native_event(&self.run, i);
+        if self.keys > 0 {
+            e["key"] = json!(format!("key-{}", i % self.keys));
+        }
+        e
+    }
+
     /// Request `r` (carrying events r*batch .. r*batch+batch); true on 2xx.
     async fn send(&self, r: usize) -> bool {
         let req = if self.mgmt {
             let body = json!({"properties": {"delivery_mode": 2, "message_id": event_id(&self.run, r), "content_type": "application/json"},
-                              "routing_key": "events.bench.event.v1", "payload": native_event(&self.run, r).to_string(), "payload_encoding": "string"});
+                              "routing_key": "events.bench.event.v1", "payload": self.event(r).to_string(), "payload_encoding": "string"});
             self.client
                 .post(&self.url)
                 .basic_auth("guest", Some("guest"))
                 .json(&body)
         } else if self.batch > 1 {
             let items: Vec<Value> = (r * self.batch..(r + 1) * self.batch)
-                .map(|i| native_event(&self.run, i))
+                .map(|i| self.event(i))
                 .collect();
             self.client.post(&self.url).json(&items)
         } else {
-            self.client
-                .post(&self.url)
-                .json(&native_event(&self.run, r))
+            self.client.post(&self.url).json(&self.event(r))
         };
         match req.send().await {
             Ok(resp) => {

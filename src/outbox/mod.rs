@@ -183,6 +183,9 @@ pub struct Claimed {
     pub created_at: i64,
     /// Partition (see [`partition_of`]).
     pub partition: i32,
+    /// Whether it has an ordering key: settling it may let the next event of its key be
+    /// claimed.
+    pub keyed: bool,
     /// The lease this claim set (µs since epoch). Retries and releases are fenced by it: a
     /// relay whose lease was taken over (or ran out and was claimed again) changes nothing.
     pub lease: i64,

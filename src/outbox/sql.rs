@@ -4,7 +4,7 @@
 
 /// Columns the relay reads from `outbox` (the body comes from `outbox_payload`). SQLite's lane
 /// reads them by position: keep the order.
-pub const CLAIM_COLUMNS: &str = "seq, event_id, source, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until";
+pub const CLAIM_COLUMNS: &str = "seq, event_id, source, ce_type, routing_key, traceparent, tracestate, attempts, created_at, partition_id, lease_until, ordering_key is not null as keyed";
 
 /// Columns `GET /v1/events/{id}` reads from [`RECORD_FROM`].
 pub const RECORD_COLUMNS: &str = "event_id, source, event_type, version, subject, ordering_key, routing_key, status, attempts, last_error, event_time, created_at, updated_at, next_attempt_at, published_at, body, api_key, traceparent";
@@ -100,6 +100,7 @@ macro_rules! claimed_from_row {
             attempts: r.try_get("attempts")?,
             created_at: r.try_get("created_at")?,
             partition: r.try_get("partition_id")?,
+            keyed: r.try_get("keyed")?,
             lease: r
                 .try_get::<Option<i64>, _>("lease_until")?
                 .unwrap_or_default(),

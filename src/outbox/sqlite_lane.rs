@@ -599,7 +599,7 @@ fn claim(
             // By position, in the columns' order: a lookup by name compares every column's
             // name for every field of every row (measured: ~2% of the relay's CPU in a NATS
             // drain).
-            let body: Option<Vec<u8>> = r.get(11).map_err(db)?;
+            let body: Option<Vec<u8>> = r.get(12).map_err(db)?;
             missing += usize::from(body.is_none());
             claimed.push(Claimed {
                 seq,
@@ -609,7 +609,7 @@ fn claim(
                 routing_key: r.get(4).map_err(db)?,
                 body: body.unwrap_or_default(),
                 attributes: r
-                    .get::<_, Option<String>>(12)
+                    .get::<_, Option<String>>(13)
                     .map_err(db)?
                     .unwrap_or_default(),
                 traceparent: r.get(5).map_err(db)?,
@@ -617,6 +617,7 @@ fn claim(
                 attempts: r.get(7).map_err(db)?,
                 created_at: r.get(8).map_err(db)?,
                 partition: r.get(9).map_err(db)?,
+                keyed: r.get(11).map_err(db)?,
                 lease: lease_until,
             });
         }

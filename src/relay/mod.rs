@@ -71,7 +71,11 @@ pub struct Relay<S: Sink> {
     sink: S,
     cfg: RelayConfig,
     health: Health,
+    /// Commits (this process's, and with PostgreSQL other instances') and partition changes.
     wake: Arc<Notify>,
+    /// Rows this relay's settlements made claimable: the next event of a settled key, rows
+    /// given back. The claim loop claims at once, also during its linger.
+    freed: Notify,
     spans: Option<SpanSink>,
     partitions: Partitions,
 }
@@ -102,6 +106,7 @@ impl<S: Sink> Relay<S> {
             cfg,
             health,
             wake,
+            freed: Notify::new(),
             spans: None,
             partitions,
         }
@@ -197,6 +202,7 @@ impl<S: Sink> Relay<S> {
                 Ok((rows, _)) if rows.is_empty() => {
                     tokio::select! {
                         () = self.wake.notified() => {}
+                        () = self.freed.notified() => {}
                         () = tokio::time::sleep(self.cfg.poll) => {}
                         () = token.cancelled() => {}
                         () = broken.cancelled() => {}
@@ -226,16 +232,39 @@ impl<S: Sink> Relay<S> {
                         continue;
                     }
                     let small = rows.len() < LINGER_BELOW;
+                    // Fewer rows than asked for: the claim took every row that was due.
+                    let caught_up = rows.len() < self.cfg.batch as usize;
                     let batch = self.send(link, rows, in_flight).await;
                     if tx.send(batch).await.is_err() {
                         // The settler is gone: these rows stay leased (sent again after the
                         // lease), and dropping the batch counts them out of flight here.
                         break;
                     }
+                    // The linger gathers commits, not settlements: the next event of a key
+                    // settled meanwhile is claimed at once. (Lingering after each event of a
+                    // key capped one key at about one event per linger: at 200 events/s on
+                    // one key the relay lag grew past a second.)
+                    let mut freed = false;
                     if small && !self.cfg.linger.is_zero() {
                         tokio::select! {
                             () = tokio::time::sleep(self.cfg.linger) => {}
+                            () = self.freed.notified() => freed = true,
                             () = token.cancelled() => {}
+                        }
+                    }
+                    if caught_up && !freed {
+                        // The next claim finds something only once a commit (or a
+                        // settlement that frees a row) wakes the relay, or at the poll for
+                        // retries that came due: wait for that here rather than learn it
+                        // from an empty claim. A commit made while this batch was sent (or
+                        // during the linger) has left its wake-up waiting, so that claim
+                        // follows at once.
+                        tokio::select! {
+                            () = self.wake.notified() => {}
+                            () = self.freed.notified() => {}
+                            () = tokio::time::sleep(self.cfg.poll) => {}
+                            () = token.cancelled() => {}
+                            () = broken.cancelled() => {}
                         }
                     }
                 }
@@ -356,9 +385,19 @@ impl<S: Sink> Relay<S> {
                 tracing::error!(error = %e, rows = batch.rows.len(), "could not record publish results");
             }
             drop(batch._in_flight);
-            // A settled keyed event lets the next event of its key be claimed: claim again now
-            // rather than at the next poll.
-            self.wake.notify_one();
+            // A settled keyed event lets the next event of its key be claimed, and a released
+            // row is claimable again: claim again now rather than at the next poll. Nothing
+            // else a settlement does makes a row claimable (a retry waits for its backoff), so
+            // other settlements leave the claim loop waiting for the next commit: at a
+            // moderate rate a wake per settlement was an empty claim per batch (a round trip
+            // to the database and back, and its thread wake-ups).
+            if batch.rows.iter().any(|r| r.keyed)
+                || settlements
+                    .iter()
+                    .any(|s| matches!(s, Settlement::Released { .. }))
+            {
+                self.freed.notify_one();
+            }
         }
     }
 
