@@ -109,7 +109,8 @@ pub struct Settings {
 
     /// After a round of fewer than 64 rows, how long the relay waits in milliseconds before it
     /// claims again, so that events committed meanwhile go out together (fewer, larger claims
-    /// and settlements); 0 claims at once. Not used while a backlog drains. [default: 5]
+    /// and settlements); 0 claims at once. Not used while a backlog drains, nor for the next
+    /// event of a key whose previous event was just settled. [default: 5]
     #[arg(long, env = "POSTBOX_RELAY_LINGER_MS")]
     pub relay_linger_ms: Option<u64>,
 
