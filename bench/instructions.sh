@@ -7,13 +7,16 @@
 #
 #   bench/instructions.sh [DIR]     DIR holds `postbox` and `examples/bench` (default
 #                                   target/release)
+#   MODE=drain bench/instructions.sh [DIR]    the relay draining a backlog of N events instead
 #
 # Environment: BACKEND (sqlite | postgres, default sqlite), RATE (events/s, default 40),
-# DURATION (s, default 30), TOP (functions listed, default 25), KEEP (copy the callgrind file
-# there, for callgrind_annotate), EXTRA (VAR=value settings for postbox). Delivery is checked:
-# every event that got a 202 must arrive in a real queue. Prints the instructions per event in
-# all, on the SQLite thread (`postbox-sqlite`), and the functions with the most instructions
-# including what they call.
+# DURATION (s, default 30), MODE (paced | drain), N (drain backlog, default 20000), SINK (amqp |
+# nats, for the drain), TOP (functions listed, default 25), KEEP (copy the callgrind file there,
+# for callgrind_annotate), EXTRA (VAR=value settings for postbox). Delivery is checked: every
+# event that got a 202 must arrive in a real queue or stream. Prints the instructions per event
+# in all, on the SQLite thread (`postbox-sqlite`), and the functions with the most instructions
+# including what they call. A drain counts postbox's start too (the relay starts with it; the
+# same for every build, a small share of a large N).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -46,30 +49,50 @@ else
 fi
 ex="instructions-$NAME"
 out="$TMP/callgrind.out"
+MODE=${MODE:-paced}
+N=${N:-20000}
+sink=()
+dest=(--exchange "$ex")
+if [[ ${SINK:-amqp} == nats ]]; then
+    stream="INSTRUCTIONS$$" prefix="instructions$$"
+    sink=(POSTBOX_SINK=nats POSTBOX_NATS_STREAM="$stream" POSTBOX_ROUTING_PREFIX="$prefix")
+    dest=(--stream "$stream" --prefix "$prefix")
+fi
+if [[ $MODE == drain ]]; then
+    store_backlog "$N" "$DIR" "$PORT" "$db" "$ex" "$TMP/postbox.log" "${sink[@]}"
+    "$DIR/examples/bench" drain "${dest[@]}" --n "$N" >"$TMP/load.out" &
+    drain=$!
+    until grep -q ready "$TMP/load.out"; do sleep 0.1; done
+fi
 
 # As start_postbox, under callgrind (slower to start: up to 120 s).
 # shellcheck disable=SC2086 # EXTRA is a list of VAR=value words
 env POSTBOX_LISTEN="127.0.0.1:$PORT" POSTBOX_DATABASE_URL="$db" \
     POSTBOX_AMQP_URL="amqp://guest:guest@127.0.0.1:5672/%2f" POSTBOX_SCHEMAS_DIR=bench/schemas \
-    POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json ${EXTRA:-} \
+    POSTBOX_EXCHANGE="$ex" POSTBOX_LOG_FORMAT=json ${EXTRA:-} "${sink[@]}" \
     valgrind --tool=callgrind --callgrind-out-file="$out" "$DIR/postbox" >"$TMP/postbox.log" 2>&1 &
 PB=$!
-for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
-curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "postbox did not start:"; tail "$TMP/postbox.log"; exit 1; }
-
-# Warm up (first connections, statement caches) until the warm-up's events are delivered, so
-# that none of them lands in the measured run's queue, then count from zero.
-"$DIR/examples/bench" rate --url "$URL" --rate 20 --seconds 3 --exchange "$ex" >/dev/null
-callgrind_control -z "$PB" >/dev/null 2>&1
-load=$("$DIR/examples/bench" rate --url "$URL" --rate "$RATE" --seconds "$DURATION" --exchange "$ex")
-sleep 2
+if [[ $MODE == drain ]]; then
+    wait "$drain"
+    load=$(tail -n 1 "$TMP/load.out")
+    events=$N
+else
+    for _ in $(seq 600); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null && break; sleep 0.2; done
+    curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "postbox did not start:"; tail "$TMP/postbox.log"; exit 1; }
+    # Warm up (first connections, statement caches) until the warm-up's events are delivered,
+    # so that none of them lands in the measured run's queue, then count from zero.
+    "$DIR/examples/bench" rate --url "$URL" --rate 20 --seconds 3 "${dest[@]}" >/dev/null
+    callgrind_control -z "$PB" >/dev/null 2>&1
+    load=$("$DIR/examples/bench" rate --url "$URL" --rate "$RATE" --seconds "$DURATION" "${dest[@]}")
+    events=$(field "$load" "['ok']")
+    sleep 2
+fi
 callgrind_control -d "$PB" >/dev/null 2>&1
 kill "$PB"
 wait "$PB" 2>/dev/null || true
 PB=
 echo "load: $load"
 [[ $(field "$load" "['missing']") == 0 ]] || { echo "events missing"; exit 1; }
-events=$(field "$load" "['ok']")
 
 dump=$(ls "$out".* | tail -n 1)
 [[ -n ${KEEP:-} ]] && cp "$dump" "$KEEP"
