@@ -199,15 +199,7 @@ impl<S: Sink> Relay<S> {
             .await
             .unwrap_or_else(|_| Err(db_timed_out()));
             match claimed {
-                Ok((rows, _)) if rows.is_empty() => {
-                    tokio::select! {
-                        () = self.wake.notified() => {}
-                        () = self.freed.notified() => {}
-                        () = tokio::time::sleep(self.cfg.poll) => {}
-                        () = token.cancelled() => {}
-                        () = broken.cancelled() => {}
-                    }
-                }
+                Ok((rows, _)) if rows.is_empty() => self.await_work(token, &broken).await,
                 Ok((rows, in_flight)) => {
                     if !self.partitions.fresh().await {
                         // The process was stopped between claim and send long enough for its
@@ -259,13 +251,7 @@ impl<S: Sink> Relay<S> {
                         // from an empty claim. A commit made while this batch was sent (or
                         // during the linger) has left its wake-up waiting, so that claim
                         // follows at once.
-                        tokio::select! {
-                            () = self.wake.notified() => {}
-                            () = self.freed.notified() => {}
-                            () = tokio::time::sleep(self.cfg.poll) => {}
-                            () = token.cancelled() => {}
-                            () = broken.cancelled() => {}
-                        }
+                        self.await_work(token, &broken).await;
                     }
                 }
                 Err(e) => {
@@ -283,6 +269,19 @@ impl<S: Sink> Relay<S> {
             // the rows stay leased and are published again (at-least-once). Reconnect.
             tracing::error!("the relay's settle task panicked; reconnecting");
             metrics::counter!("postbox_task_panics_total", "task" => "settler").increment(1);
+        }
+    }
+
+    /// Until a claim may find something: a commit or partition change (`wake`), a
+    /// settlement that freed a row (`freed`), the poll (retries that came due, leases
+    /// that ran out), or the loop's end.
+    async fn await_work(&self, token: &CancellationToken, broken: &CancellationToken) {
+        tokio::select! {
+            () = self.wake.notified() => {}
+            () = self.freed.notified() => {}
+            () = tokio::time::sleep(self.cfg.poll) => {}
+            () = token.cancelled() => {}
+            () = broken.cancelled() => {}
         }
     }
 
