@@ -31,33 +31,17 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/postbox-instructions.XXXXXX")
 NAME="postbox_instructions_$$"
 PB=
 
-cleanup() {
-    [[ -n "$PB" ]] && kill "$PB" 2>/dev/null && wait "$PB" 2>/dev/null
-    [[ $BACKEND == postgres ]] && dropdb -w -h 127.0.0.1 -U postgres --if-exists "$NAME" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap end_run EXIT
 
 source bench/lib.sh
 command -v valgrind >/dev/null || { echo "valgrind is not installed (Debian: valgrind)"; exit 1; }
 
-if [[ $BACKEND == postgres ]]; then
-    createdb -w -h 127.0.0.1 -U postgres "$NAME"
-    db="postgres://postgres@127.0.0.1:5432/$NAME"
-else
-    db="sqlite://$TMP/$NAME.db"
-fi
+db=$(new_outbox)
 ex="instructions-$NAME"
 out="$TMP/callgrind.out"
 MODE=${MODE:-paced}
 N=${N:-20000}
-sink=()
-dest=(--exchange "$ex")
-if [[ ${SINK:-amqp} == nats ]]; then
-    stream="INSTRUCTIONS$$" prefix="instructions$$"
-    sink=(POSTBOX_SINK=nats POSTBOX_NATS_STREAM="$stream" POSTBOX_ROUTING_PREFIX="$prefix")
-    dest=(--stream "$stream" --prefix "$prefix")
-fi
+sink_args "$ex"
 if [[ $MODE == drain ]]; then
     store_backlog "$N" "$DIR" "$PORT" "$db" "$ex" "$TMP/postbox.log" "${sink[@]}"
     "$DIR/examples/bench" drain "${dest[@]}" --n "$N" >"$TMP/load.out" &

@@ -1,4 +1,4 @@
-# Helpers shared by bench/ab.sh, bench/rounds.sh and bench/curve.sh (sourced, not run).
+# Helpers shared by the bench scripts but run.sh (sourced, not run).
 # TICK must be set (getconf CLK_TCK) before `us` is called.
 
 # ticks PID: CPU time (user + system) PID has used, in clock ticks; 0 once it is gone.
@@ -48,4 +48,38 @@ store_backlog() {
     kill "$PB"
     wait "$PB" 2>/dev/null || true
     PB=
+}
+
+# The scaffolding of one run on one new outbox (profile.sh, instructions.sh): the caller sets
+# BACKEND (sqlite | postgres), SINK (amqp | nats), TMP (a scratch directory), NAME (unique) and
+# PB, and calls end_run on EXIT.
+
+# new_outbox: print the URL of a new outbox (a PostgreSQL database NAME, created, or a SQLite
+# file in TMP).
+new_outbox() {
+    if [[ $BACKEND == postgres ]]; then
+        createdb -w -h 127.0.0.1 -U postgres "$NAME"
+        echo "postgres://postgres@127.0.0.1:5432/$NAME"
+    else
+        echo "sqlite://$TMP/$NAME.db"
+    fi
+}
+
+# sink_args EXCHANGE: set `sink` (postbox's settings) and `dest` (the bench tool's arguments)
+# for SINK: EXCHANGE on RabbitMQ, or a JetStream stream and subject prefix of this run's own.
+sink_args() {
+    sink=()
+    dest=(--exchange "$1")
+    if [[ ${SINK:-amqp} == nats ]]; then
+        local stream=${NAME^^}
+        sink=(POSTBOX_SINK=nats POSTBOX_NATS_STREAM="$stream" POSTBOX_ROUTING_PREFIX="$NAME")
+        dest=(--stream "$stream" --prefix "$NAME")
+    fi
+}
+
+# end_run: stop PB, drop the run's PostgreSQL database, remove TMP.
+end_run() {
+    [[ -n "$PB" ]] && kill "$PB" 2>/dev/null && wait "$PB" 2>/dev/null
+    [[ $BACKEND == postgres ]] && dropdb -w -h 127.0.0.1 -U postgres --if-exists "$NAME" 2>/dev/null
+    rm -rf "$TMP"
 }

@@ -40,31 +40,15 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/postbox-profile.XXXXXX")
 NAME="postbox_profile_$$"
 PB=
 
-cleanup() {
-    [[ -n "$PB" ]] && kill "$PB" 2>/dev/null && wait "$PB" 2>/dev/null
-    [[ $BACKEND == postgres ]] && dropdb -w -h 127.0.0.1 -U postgres --if-exists "$NAME" 2>/dev/null
-    rm -rf "$TMP"
-}
-trap cleanup EXIT
+trap end_run EXIT
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
 command -v perf >/dev/null || { echo "perf is not installed (Debian: linux-perf)"; exit 1; }
 
-if [[ $BACKEND == postgres ]]; then
-    createdb -w -h 127.0.0.1 -U postgres "$NAME"
-    db="postgres://postgres@127.0.0.1:5432/$NAME"
-else
-    db="sqlite://$TMP/$NAME.db"
-fi
+db=$(new_outbox)
 ex="profile-$NAME"
-sink=()
-dest=(--exchange "$ex")
-if [[ $SINK == nats ]]; then
-    stream="PROFILE$$" prefix="profile$$"
-    sink=(POSTBOX_SINK=nats POSTBOX_NATS_STREAM="$stream" POSTBOX_ROUTING_PREFIX="$prefix")
-    dest=(--stream "$stream" --prefix "$prefix")
-fi
+sink_args "$ex"
 
 # record LABEL: sample the whole machine for the window, then note which process each pid was.
 record() {
