@@ -1116,13 +1116,26 @@ mod tests {
         drop_pg(&name).await;
     }
 
+    /// A claim of the two rows `store` holds, one of them without its payload: it fails.
+    async fn claim_fails_for_a_missing_payload(store: &super::Store) {
+        use super::OutboxStore;
+        let err = store
+            .claim(10, std::time::Duration::from_secs(60), 0, None)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("1 of 2 claimed events have no row in outbox_payload"),
+            "{err}"
+        );
+    }
+
     /// A claim that finds a row without its payload fails, and leaves no lease behind: the
     /// rows are claimable again at once (PostgreSQL reads the payloads in the claim's own
     /// statement, and gives the leases back when one is missing).
     #[tokio::test]
     async fn a_claim_missing_a_payload_fails_and_keeps_no_lease_postgres() {
         use super::OutboxStore;
-        use std::time::Duration;
         let (store, name) = pg_store().await;
         let super::Store::Postgres(pg) = &store else {
             panic!("a PostgreSQL store")
@@ -1137,15 +1150,7 @@ mod tests {
         .execute(&pg.pool)
         .await
         .unwrap();
-        let err = store
-            .claim(10, Duration::from_secs(60), 0, None)
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("1 of 2 claimed events have no row in outbox_payload"),
-            "{err}"
-        );
+        claim_fails_for_a_missing_payload(&store).await;
         let leased: i64 =
             sqlx::query_scalar("select count(*) from outbox where lease_until is not null")
                 .fetch_one(&pg.pool)
@@ -1181,15 +1186,7 @@ mod tests {
         other
             .execute("delete from outbox_payload where seq = ?1", [seq])
             .unwrap();
-        let err = store
-            .claim(10, Duration::from_secs(60), 0, None)
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("1 of 2 claimed events have no row in outbox_payload"),
-            "{err}"
-        );
+        claim_fails_for_a_missing_payload(&store).await;
         other
             .execute(
                 "insert into outbox_payload (seq, body, attributes) values (?1, ?2, ?3)",
