@@ -11,6 +11,8 @@
 //!   bench drain   (--exchange X | --stream S --prefix P) --n N   (a backlog draining)
 //!
 //! `--keys K` spreads the events over K ordering keys (`key-0` …), each published in order.
+//! `--nats URL` (default `nats://127.0.0.1:4222`) is the server of `nats` and of every
+//! JetStream consumer (`--stream`).
 //!
 //! The message shapes of `broker`: `plain` (persistent, mandatory, content type and message
 //! id), `full` (what postbox sends by default: also `type`, `timestamp`, `app_id` and the
@@ -51,6 +53,11 @@ fn arg(name: &str) -> Option<String> {
 
 fn num(name: &str, default: usize) -> usize {
     arg(name).and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The NATS server of every NATS mode and consumer (`--nats URL`).
+fn nats_url() -> String {
+    arg("--nats").unwrap_or_else(|| NATS.into())
 }
 
 fn flag(name: &str) -> bool {
@@ -210,7 +217,7 @@ struct NatsSink {
 
 impl NatsSink {
     async fn bind(stream: &str, prefix: &str) -> anyhow::Result<NatsSink> {
-        let client = async_nats::connect(NATS).await?;
+        let client = async_nats::connect(nats_url()).await?;
         let js = async_nats::jetstream::new(client);
         let s = js
             .get_or_create_stream(async_nats::jetstream::stream::Config {
@@ -466,8 +473,7 @@ async fn nats() -> anyhow::Result<()> {
     let prefix = arg("--prefix").unwrap_or_else(|| "bench".into());
     let n = num("--n", 20000);
     let window = num("--window", 1000);
-    let url = arg("--nats").unwrap_or_else(|| NATS.into());
-    let client = async_nats::connect(&url).await?;
+    let client = async_nats::connect(nats_url()).await?;
     let js = async_nats::jetstream::new(client);
     let _ = js.delete_stream(&stream).await;
     // Creates the stream and starts consuming it.
