@@ -34,15 +34,22 @@ use super::{
     sql,
 };
 
-/// Settle published rows: `$1` now, `$2` their `seq`s as a JSON array.
-pub(super) const MARK_PUBLISHED: &str = "update outbox set status = 'published', attempts = attempts + 1, \
-     published_at = $1, updated_at = $1, lease_until = null, last_error = null \
-     where seq in (select value from json_each($2))";
+/// The update that records a publication (`$1` now), for the rows `$where` selects.
+macro_rules! mark_published {
+    ($where:literal) => {
+        concat!(
+            "update outbox set status = 'published', attempts = attempts + 1, ",
+            "published_at = $1, updated_at = $1, lease_until = null, last_error = null where ",
+            $where
+        )
+    };
+}
 
-/// Settle one published row (the lane's form of [`MARK_PUBLISHED`]): `$1` now, `$2` its `seq`.
-const MARK_ONE_PUBLISHED: &str = "update outbox set status = 'published', attempts = attempts + 1, \
-     published_at = $1, updated_at = $1, lease_until = null, last_error = null \
-     where seq = $2";
+/// Settle published rows: `$2` their `seq`s as a JSON array.
+pub(super) const MARK_PUBLISHED: &str = mark_published!("seq in (select value from json_each($2))");
+
+/// Settle one published row (the lane's form of [`MARK_PUBLISHED`]): `$2` its `seq`.
+const MARK_ONE_PUBLISHED: &str = mark_published!("seq = $2");
 
 /// Busy wait of a group commit (as the durable pool's).
 const COMMIT_BUSY: Duration = Duration::from_secs(5);
@@ -269,8 +276,8 @@ impl Lanes {
 
 /// A transaction begun and ended by cached statements (rolled back when dropped unfinished).
 /// rusqlite's `Transaction` runs `BEGIN` and `COMMIT` through `execute_batch`, which parses
-/// them again every time: with the pragma switches that was a third of the lane's instructions
-/// per event at a moderate rate (callgrind, one event per commit).
+/// them again every time: with the pragma switches that was about a quarter of the lane's
+/// instructions per event at a moderate rate (callgrind, one event per commit).
 struct Tx<'c> {
     conn: &'c Connection,
     open: bool,
