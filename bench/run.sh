@@ -245,17 +245,25 @@ single() {
 # db_field US: a JSON field with PostgreSQL's CPU per event, on PostgreSQL rows only.
 db_field() { [[ ${CURRENT_BACKEND:-} == postgres ]] && printf '"db_us":%s,' "$1" || true; }
 
-# latency LABEL: open loop at half of SINGLE; 202 and relay-lag percentiles.
+# latency LABEL: open loop at half of SINGLE; 202 and relay-lag percentiles, the slowest 202,
+# and the most the kernel's page cache held unwritten (`Dirty:` in /proc/meminfo, every 0.1 s)
+# meanwhile: PostgreSQL's relation files pile up there and the kernel writes each one out in a
+# burst once it is 30 s old, which stalls the WAL's fsync behind it (docs/benchmark.md).
 latency() {
-    local label=$1 rate out
+    local label=$1 rate out sampler
     shift
     rate=$(python3 -c "print(max(1, int($SINGLE / 2)))")
     say "postbox ($label): latency at 50% of peak ($rate events/s for ${RATE_SECS}s)"
+    while :; do awk '/^Dirty:/ {print $2}' /proc/meminfo; sleep 0.1; done >"$TMP/dirty" &
+    sampler=$!
     out=$($BENCH rate --url "$URL" --rate "$rate" --seconds "$RATE_SECS" "$@")
+    kill "$sampler"
+    wait "$sampler" 2>/dev/null || true
     record "$(python3 -c "
 import json,sys; d=json.loads(sys.argv[1])
 if d['missing'] or d['ok'] != d['requests']: sys.exit('rate run lost or rejected events: %s' % d)
-print(json.dumps({'row': 'postbox $label at %d events/s (50%% of peak)' % d['rate'], 'p50_ms': d['p50_ms'], 'p99_ms': d['p99_ms'], 'lag_p50_ms': d['lag_p50_ms'], 'lag_p99_ms': d['lag_p99_ms']}))" "$out")"
+dirty = max((int(l) for l in open(sys.argv[2]) if l.strip()), default=0) / 1024
+print(json.dumps({'row': 'postbox $label at %d events/s (50%% of peak)' % d['rate'], 'p50_ms': d['p50_ms'], 'p99_ms': d['p99_ms'], 'max_ms': d['max_ms'], 'lag_p50_ms': d['lag_p50_ms'], 'lag_p99_ms': d['lag_p99_ms'], 'dirty_mb': round(dirty)}))" "$out" "$TMP/dirty")"
 }
 
 # drain BACKEND LABEL CEILING VS [postbox env for the broker]: store BACKLOG events while the
@@ -480,7 +488,7 @@ for r in rows:
         vs_plain = f"{r['per_s'] / plain:.0%}" if r.get("vs", "amqp") == "amqp" else ""
         print(f"| {name} | {r['per_s']:,.0f} /s | {vs_ceil} | {vs_plain} | {cpu} | {busy} |")
     elif "p50_ms" in r:
-        print(f"| {name} | 202 p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms; relay lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms | | | | |")
+        print(f"| {name} | 202 p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.0f} ms; relay lag p50 {r['lag_p50_ms']:.1f} ms, p99 {r['lag_p99_ms']:.1f} ms; page cache dirty up to {r['dirty_mb']} MB | | | | |")
     elif "rss_mb" in r:
         print(f"| {name} | {r['rss_mb']:.0f} MB | | | | |")
     elif "count" in r:
