@@ -256,6 +256,7 @@ latency() {
     say "postbox ($label): latency at 50% of peak ($rate events/s for ${RATE_SECS}s)"
     while :; do awk '/^Dirty:/ {print $2}' /proc/meminfo; sleep 0.1; done >"$TMP/dirty" &
     sampler=$!
+    PIDS+=("$sampler")
     out=$($BENCH rate --url "$URL" --rate "$rate" --seconds "$RATE_SECS" "$@")
     kill "$sampler"
     wait "$sampler" 2>/dev/null || true
