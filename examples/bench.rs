@@ -728,6 +728,11 @@ async fn rate() -> anyhow::Result<()> {
     let lat = Arc::new(Mutex::new(Vec::<(f64, f64)>::with_capacity(total)));
     let ok = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
+    // The trace's offsets are from here; the wall clock lets other samplers line up with them.
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
     let mut tasks = FuturesUnordered::new();
     for r in 0..total {
         let due = started + Duration::from_secs_f64(r as f64 / rate as f64);
@@ -764,7 +769,7 @@ async fn rate() -> anyhow::Result<()> {
         "ok": ok.load(Ordering::Relaxed), "p50_ms": percentile(&lat, 0.5), "p99_ms": percentile(&lat, 0.99),
         // The slowest 202: one stall (a slow fsync) of 100 ms holds up every request it
         // overlaps, and at 1,500/s in 10 s that is the whole last 1%.
-        "max_ms": lat.last().copied().unwrap_or(f64::NAN)});
+        "max_ms": lat.last().copied().unwrap_or(f64::NAN), "started_at": started_at});
     if let Some(sink) = sink {
         let ids = load.ids(total);
         let (unique, _, _) = sink.wait(total, Duration::from_secs(15)).await;
