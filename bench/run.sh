@@ -250,7 +250,7 @@ db_field() { [[ ${CURRENT_BACKEND:-} == postgres ]] && printf '"db_us":%s,' "$1"
 # meanwhile: PostgreSQL's relation files pile up there and the kernel writes each one out in a
 # burst once it is 30 s old, which stalls the WAL's fsync behind it (docs/benchmark.md).
 latency() {
-    local label=$1 rate out sampler
+    local label=$1 rate out sampler row
     shift
     rate=$(python3 -c "print(max(1, int($SINGLE / 2)))")
     say "postbox ($label): latency at 50% of peak ($rate events/s for ${RATE_SECS}s)"
@@ -260,11 +260,13 @@ latency() {
     out=$($BENCH rate --url "$URL" --rate "$rate" --seconds "$RATE_SECS" "$@")
     kill "$sampler"
     wait "$sampler" 2>/dev/null || true
-    record "$(python3 -c "
+    # An assignment, not an argument: a row that lost or rejected events ends the run here.
+    row=$(python3 -c "
 import json,sys; d=json.loads(sys.argv[1])
 if d['missing'] or d['ok'] != d['requests']: sys.exit('rate run lost or rejected events: %s' % d)
 dirty = max((int(l) for l in open(sys.argv[2]) if l.strip()), default=0) / 1024
-print(json.dumps({'row': 'postbox $label at %d events/s (50%% of peak)' % d['rate'], 'p50_ms': d['p50_ms'], 'p99_ms': d['p99_ms'], 'max_ms': d['max_ms'], 'lag_p50_ms': d['lag_p50_ms'], 'lag_p99_ms': d['lag_p99_ms'], 'dirty_mb': round(dirty)}))" "$out" "$TMP/dirty")"
+print(json.dumps({'row': 'postbox $label at %d events/s (50%% of peak)' % d['rate'], 'p50_ms': d['p50_ms'], 'p99_ms': d['p99_ms'], 'max_ms': d['max_ms'], 'lag_p50_ms': d['lag_p50_ms'], 'lag_p99_ms': d['lag_p99_ms'], 'dirty_mb': round(dirty)}))" "$out" "$TMP/dirty")
+    record "$row"
 }
 
 # drain BACKEND LABEL CEILING VS [postbox env for the broker]: store BACKLOG events while the
@@ -430,8 +432,13 @@ select seq, convert_to('{"data":{"customer":"c-1","payload":"' || repeat('x', 90
 from outbox where event_id like 'big-%' and seq % 7 = 0;
 vacuum analyze outbox;
 vacuum analyze outbox_payload;
+checkpoint;
 SQL
     fi
+    # The fill's gigabytes are written out before anything is measured: a big outbox that
+    # built up over days is on disk, and the kernel writing the fill out meanwhile stalled
+    # commits for seconds (2 s on 2026-12-02, 2 GB unwritten in PostgreSQL's latency row).
+    sync
 }
 
 if [[ "$BIG" -gt 0 ]]; then
