@@ -40,6 +40,7 @@ cleanup() {
     if [[ -n "$TRACED" ]]; then
         echo 0 >"$TRACING/tracing_on"
         for e in $EVENTS; do echo 0 >"$TRACING/events/$e/enable"; done
+        echo local >"$TRACING/trace_clock"
     fi
     [[ -n "$PB" ]] && kill "$PB" 2>/dev/null && wait "$PB" 2>/dev/null
     rm -rf "$TMP"
