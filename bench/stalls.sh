@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Where a PostgreSQL latency row's slow 202s come from: one postbox on a new database, WARM
 # single-event POSTs (as bench/run.sh sends before its latency row), then open-loop load at
-# RATE for RATE_SECONDS with every request's latency traced, while /proc/meminfo's `Dirty:` and
-# the disk's writes are sampled every 20 ms. Prints the clumps of slow requests (100 ms windows
+# RATE for RATE_SECONDS with every request's latency traced, while the page cache's unwritten
+# pages (/proc/meminfo's `Dirty:` plus `Writeback:`: a page leaves `Dirty:` when its write is
+# queued, not when the disk has it) and the disk's writes are sampled every 20 ms. Prints the clumps of slow requests (100 ms windows
 # with more than 20 requests over 20 ms) and the page-cache bursts (more than 20 MB written to
 # the disk within one sample), each at its offset from the start of the load, so that a stall
 # can be matched with a burst (docs/benchmark.md, *The PostgreSQL p99's stalls are the kernel's
@@ -49,9 +50,10 @@ fi
 start_postbox "$DIR" "$PORT" "postgres://postgres@127.0.0.1:5432/$NAME" "stalls-$NAME" "$TMP/postbox.log"
 "$DIR/examples/bench" http --url "$URL" --n "$WARM" --concurrency 64 --exchange "stalls-$NAME" >/dev/null
 
-# Each sample: time (s since the epoch), Dirty (kB), requests in flight, sectors written so far.
+# Each sample: time (s since the epoch), Dirty + Writeback (kB), requests in flight, sectors
+# written so far.
 (while :; do
-    printf '%s %s %s\n' "$(date +%s.%N)" "$(awk '/^Dirty:/ {print $2}' /proc/meminfo)" \
+    printf '%s %s %s\n' "$(date +%s.%N)" "$(awk '/^(Dirty|Writeback):/ {kb += $2} END {print kb}' /proc/meminfo)" \
         "$(awk '{print $9, $7}' "/sys/block/$DISK/stat")"
     sleep 0.02
 done) >"$TMP/samples" &
@@ -76,7 +78,7 @@ for w, lat in sorted(windows.items()):
     if len(slow) > 20:
         print(f"  {w / 10:5.1f}  {len(slow):4d}  {max(lat):6.1f}")
 samples = [line.split() for line in open(sys.argv[3])]
-print("page-cache bursts (more than 20 MB written within one sample): offset s, Dirty before -> after MB, in flight")
+print("page-cache bursts (more than 20 MB written within one sample): offset s, unwritten before -> after MB, in flight")
 peak = 0
 for a, b in zip(samples, samples[1:]):
     peak = max(peak, int(b[1]))
