@@ -4,6 +4,7 @@
 //! drives any sink; each broker is one folder here with its own config section.
 
 pub mod amqp;
+mod attributes;
 pub mod nats;
 
 use std::{

@@ -26,7 +26,6 @@ use lapin::{
     options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions},
     types::{AMQPValue, FieldTable, LongString, ShortString},
 };
-use serde_json::{Map, Value};
 
 use super::{CeHeaders, nodes::Node, topology::Topology};
 use crate::sink::{Link, LinkState, Message, Outcome, Pending};
@@ -508,10 +507,8 @@ impl Pending for Sent {
 /// `tracestate` is passed on unchanged. `None` if a value does not fit an AMQP short string.
 fn properties(msg: &Message, which: &CeHeaders) -> Option<BasicProperties> {
     let mut headers = FieldTable::default();
-    if *which != CeHeaders::None
-        && let Ok(Value::Object(attrs)) = serde_json::from_str::<Value>(&msg.attributes)
-    {
-        ce_headers(&attrs, which, &mut headers)?;
+    if *which != CeHeaders::None {
+        ce_headers(&msg.attributes, which, &mut headers)?;
     }
     if let Some(tp) = &msg.traceparent {
         headers.insert(
@@ -538,20 +535,15 @@ fn properties(msg: &Message, which: &CeHeaders) -> Option<BasicProperties> {
     )
 }
 
-fn ce_headers(
-    attrs: &Map<String, Value>,
-    which: &CeHeaders,
-    headers: &mut FieldTable,
-) -> Option<()> {
-    for (name, value) in attrs.iter().filter(|(n, _)| which.includes(n)) {
+fn ce_headers(attributes: &str, which: &CeHeaders, headers: &mut FieldTable) -> Option<()> {
+    let attrs = crate::sink::attributes::header_values(attributes);
+    for (name, value) in attrs.into_iter().filter(|(n, _)| which.includes(n)) {
         // The binding carries every attribute as a string header (as the SDKs' binary mode
         // reads them back).
-        let v = match value {
-            Value::String(s) => AMQPValue::LongString(s.as_str().into()),
-            Value::Bool(_) | Value::Number(_) => AMQPValue::LongString(value.to_string().into()),
-            _ => continue,
-        };
-        headers.insert(ShortString::try_new(format!("ce-{name}")).ok()?, v);
+        headers.insert(
+            ShortString::try_new(crate::sink::attributes::header_name(&name)).ok()?,
+            AMQPValue::LongString(value.into_owned().into()),
+        );
     }
     Some(())
 }
