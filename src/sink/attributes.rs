@@ -1,7 +1,7 @@
 //! The `ce-*` header values of a message's stored attributes, read without building a JSON tree:
 //! names and values borrow from the stored text where they can. (Parsing them into a
-//! `serde_json::Value` and formatting each name was a fifth of the relay's instructions per
-//! event on the NATS sink, a sixth on AMQP: `bench/instructions.sh`, `MODE=drain`.)
+//! `serde_json::Value` and formatting each name with `format!` was about a tenth of the relay's
+//! instructions per event on either sink: `bench/instructions.sh`, `MODE=drain`.)
 
 use std::{borrow::Cow, fmt};
 
